@@ -1,0 +1,296 @@
+"""Choosing the next energies to measure: expected information gain per second of beam time.
+
+The question an adaptive XAS scan asks is *which candidate is the sample?*, not *what is the
+spectrum?*. So the next energy is the one whose measurement is expected to tell the leading
+candidates apart best, per second of beam time spent to get it (dwell, monochromator travel,
+settling).
+
+For a candidate ``c`` the measured value at energy ``E`` is predicted as a Gaussian
+``N(a_c t_c(E) + b_c, a_c^2 s_c(E)^2 + sigma^2(E))`` where ``t_c`` is the model spectrum shifted
+by the common calibration offset and broadened by the common extra broadening, ``s_c`` its model
+uncertainty, ``a_c, b_c`` the edge-step scale and background fitted to the points measured so far,
+and ``sigma`` the counting noise expected for the dwell. The mutual information between the next
+reading and the candidate's identity has no closed form for a mixture of Gaussians; we use the
+pairwise-distance bound of Kolchinsky & Tracey (Entropy 19, 361 (2017)) with the Bhattacharyya
+distance, which is exact in the limits of identical and of perfectly separated candidates and
+costs ``O(K^2 M)`` for ``K`` leading candidates and ``M`` energies.
+
+The agent speaks the vocabulary of bluesky-adaptive (``suggest``/``ingest``/``should_stop``)
+so that other agents can drive the same plan or be compared with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "bhattacharyya_distance",
+    "pairwise_information_gain",
+    "beam_time_cost",
+    "EnergySelectionAgent",
+]
+
+
+def bhattacharyya_distance(mean_i, var_i, mean_j, var_j):
+    """Bhattacharyya distance between 1-D Gaussians (broadcasting)."""
+    var_sum = var_i + var_j
+    return 0.25 * (mean_i - mean_j) ** 2 / var_sum + 0.5 * np.log(
+        0.5 * var_sum / np.sqrt(var_i * var_j)
+    )
+
+
+def pairwise_information_gain(mean: np.ndarray, var: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Lower bound on the information (nats) one reading gives about the candidate's identity.
+
+    Parameters
+    ----------
+    mean, var : ndarray, shape (K, M)
+        Predictive mean and variance of the reading for each of ``K`` candidates at ``M`` energies.
+    weights : ndarray, shape (K,)
+        Current probabilities of the candidates (renormalised here).
+
+    Returns
+    -------
+    ndarray, shape (M,)
+        ``-sum_i p_i log sum_j p_j exp(-D_ij)``, zero where all candidates predict the same.
+    """
+    mean = np.asarray(mean, dtype=float)
+    var = np.asarray(var, dtype=float)
+    p = np.asarray(weights, dtype=float)
+    p = p / p.sum()
+    distance = bhattacharyya_distance(mean[:, None, :], var[:, None, :], mean[None, :, :], var[None, :, :])
+    inner = np.einsum("j,ijm->im", p, np.exp(-distance))
+    return np.maximum(-(p[:, None] * np.log(inner)).sum(axis=0), 0.0)
+
+
+def beam_time_cost(
+    energies: np.ndarray,
+    current_energy: float | None,
+    dwell_s: float,
+    mono_speed_eV_per_s: float,
+    settle_s: float,
+) -> np.ndarray:
+    """Seconds of beam time to move to each energy, settle and count there."""
+    energies = np.asarray(energies, dtype=float)
+    if current_energy is None:
+        return np.full(energies.shape, dwell_s + settle_s)
+    return dwell_s + settle_s + np.abs(energies - current_energy) / mono_speed_eV_per_s
+
+
+def _shift_and_broaden(grid, spectra, offset_eV, fwhm_eV, at):
+    """Model spectra broadened by a Gaussian of ``fwhm_eV`` and shifted by ``+offset_eV``, at ``at``."""
+    spectra = np.atleast_2d(spectra)
+    if fwhm_eV > 0:
+        step = float(np.median(np.diff(grid)))
+        sigma_pts = fwhm_eV / (2.0 * np.sqrt(2.0 * np.log(2.0))) / step
+        half = int(np.ceil(4 * sigma_pts))
+        kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma_pts) ** 2)
+        kernel /= kernel.sum()
+        padded = np.pad(spectra, ((0, 0), (half, half)), mode="edge")
+        spectra = np.stack([np.convolve(row, kernel, mode="valid") for row in padded])
+    return np.stack([np.interp(at - offset_eV, grid, row) for row in spectra])
+
+
+@dataclass
+class _Measured:
+    energy: list[float] = field(default_factory=list)
+    value: list[float] = field(default_factory=list)
+    sigma: list[float] = field(default_factory=list)
+
+
+class EnergySelectionAgent:
+    """Suggests the energies that best separate the leading candidates per unit of beam time.
+
+    Parameters
+    ----------
+    names : sequence of str
+        Candidate names, in the order of the rows of ``mean``.
+    energies : ndarray, shape (E,)
+        The model's energy grid (eV, absolute).
+    mean, std : ndarray, shape (N, E)
+        Predicted spectra of the candidates and their 1-sigma model uncertainty.
+    dwell_s : float
+        Counting time of one reading.
+    mono_speed_eV_per_s, settle_s : float
+        Monochromator travel speed and settling time, so that far moves cost what they cost.
+    top_k : int
+        How many of the leading candidates are compared (the rest carry negligible probability).
+    min_separation_eV : float
+        Suggested energies stay this far from each other and from energies already measured.
+    step_eV : float
+        Spacing of the energies considered.
+    confidence : float
+        ``should_stop`` answers yes once the top candidate's probability reaches this.
+    max_points : int or None
+        ``should_stop`` answers yes once this many readings were ingested.
+    default_sigma : float
+        Noise of a reading (in measured units) assumed until readings with uncertainties arrive.
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        energies: np.ndarray,
+        mean: np.ndarray,
+        std: np.ndarray,
+        *,
+        dwell_s: float = 1.0,
+        mono_speed_eV_per_s: float = 50.0,
+        settle_s: float = 0.2,
+        top_k: int = 12,
+        min_separation_eV: float = 0.5,
+        step_eV: float = 0.25,
+        confidence: float = 0.95,
+        max_points: int | None = None,
+        default_sigma: float = 0.01,
+    ):
+        self.names = list(names)
+        self.grid = np.asarray(energies, dtype=float)
+        self.mean = np.asarray(mean, dtype=float)
+        self.std = np.asarray(std, dtype=float)
+        if self.mean.shape != (len(self.names), self.grid.size) or self.std.shape != self.mean.shape:
+            raise ValueError(
+                f"mean and std must have shape (n_candidates, n_energies) = "
+                f"({len(self.names)}, {self.grid.size}); got {self.mean.shape} and {self.std.shape}"
+            )
+        self.dwell_s = float(dwell_s)
+        self.mono_speed_eV_per_s = float(mono_speed_eV_per_s)
+        self.settle_s = float(settle_s)
+        self.top_k = int(top_k)
+        self.min_separation_eV = float(min_separation_eV)
+        self.step_eV = float(step_eV)
+        self.confidence = float(confidence)
+        self.max_points = max_points
+        self.default_sigma = float(default_sigma)
+        self._measured = _Measured()
+        self._suggested = 0
+        self.probabilities = np.full(len(self.names), 1.0 / len(self.names))
+        self.offset_eV = 0.0
+        self.broadening_eV = 0.0
+        self.last_gain: np.ndarray | None = None
+
+    # -- bluesky-adaptive vocabulary -------------------------------------------------------------
+    def ingest(self, points: Sequence[Mapping]) -> None:
+        """Take measured readings and, where present, the latest ranking.
+
+        Each mapping may hold ``energy``, ``mu`` and ``mu_sigma`` (a reading) and/or ``ranking``:
+        ``{"names": [...], "probabilities": [...], "offset_eV": float, "broadening_eV": float}``
+        as published by the ranking callback. Readings with a non-finite value are ignored.
+        """
+        for point in points:
+            if "ranking" in point and point["ranking"] is not None:
+                self._ingest_ranking(point["ranking"])
+            if "energy" in point and "mu" in point:
+                energy, value = float(point["energy"]), float(point["mu"])
+                sigma = float(point.get("mu_sigma", self.default_sigma) or self.default_sigma)
+                if np.isfinite(energy) and np.isfinite(value) and np.isfinite(sigma) and sigma > 0:
+                    self._measured.energy.append(energy)
+                    self._measured.value.append(value)
+                    self._measured.sigma.append(sigma)
+
+    def suggest(self, num_points: int | None = 1) -> list[dict]:
+        """The next ``num_points`` energies, best first, each with why it was chosen.
+
+        Returns mappings with ``_id``, ``energy``, ``expected_information_gain`` (nats),
+        ``cost_s`` and ``gain_per_s``.
+        """
+        num_points = 1 if num_points is None else int(num_points)
+        candidates = self._candidate_energies()
+        gain = self.information_gain(candidates)
+        self.last_gain = gain
+        chosen: list[dict] = []
+        current = self._measured.energy[-1] if self._measured.energy else None
+        blocked = np.zeros(candidates.size, dtype=bool)
+        for _ in range(num_points):
+            cost = beam_time_cost(candidates, current, self.dwell_s, self.mono_speed_eV_per_s, self.settle_s)
+            utility = np.where(blocked, -np.inf, gain / cost)
+            best = int(np.argmax(utility))
+            if not np.isfinite(utility[best]):
+                break
+            chosen.append(
+                {
+                    "_id": self._suggested,
+                    "energy": float(candidates[best]),
+                    "expected_information_gain": float(gain[best]),
+                    "cost_s": float(cost[best]),
+                    "gain_per_s": float(utility[best]),
+                }
+            )
+            self._suggested += 1
+            current = candidates[best]
+            blocked |= np.abs(candidates - current) < self.min_separation_eV
+        return chosen
+
+    def should_stop(self) -> tuple[bool, str | None]:
+        """Stop once the top candidate is confident enough or the point budget is spent."""
+        top = int(np.argmax(self.probabilities))
+        if self.probabilities[top] >= self.confidence:
+            return True, f"{self.names[top]} reached p={self.probabilities[top]:.3f} >= {self.confidence}"
+        if self.max_points is not None and len(self._measured.energy) >= self.max_points:
+            return True, f"point budget of {self.max_points} spent"
+        return False, None
+
+    def get_best_points(self) -> list[tuple[str, dict, dict]]:
+        """The leading candidate, as ``(name, {}, {"probability": p})``."""
+        top = int(np.argmax(self.probabilities))
+        return [(self.names[top], {}, {"probability": float(self.probabilities[top])})]
+
+    # -- the physics ------------------------------------------------------------------------------
+    def information_gain(self, energies: np.ndarray) -> np.ndarray:
+        """Expected information (nats) of one reading at each of ``energies``."""
+        energies = np.asarray(energies, dtype=float)
+        order = np.argsort(self.probabilities)[::-1][: self.top_k]
+        weights = self.probabilities[order]
+        if weights.sum() <= 0 or order.size < 2:
+            return np.zeros(energies.size)
+        shifted = _shift_and_broaden(self.grid, self.mean[order], self.offset_eV, self.broadening_eV, energies)
+        model_std = _shift_and_broaden(self.grid, self.std[order], self.offset_eV, 0.0, energies)
+        scale, background = self._fit_scale(order)
+        mean = scale[:, None] * shifted + background[:, None]
+        var = (scale[:, None] * model_std) ** 2 + self._expected_sigma() ** 2
+        return pairwise_information_gain(mean, var, weights)
+
+    def _fit_scale(self, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Edge-step scale and background of each candidate fitted to the readings so far."""
+        n = order.size
+        energy = np.asarray(self._measured.energy)
+        if energy.size < 3 or np.ptp(energy) <= 0:
+            return np.ones(n), np.zeros(n)
+        value = np.asarray(self._measured.value)
+        w = 1.0 / np.asarray(self._measured.sigma) ** 2
+        model = _shift_and_broaden(self.grid, self.mean[order], self.offset_eV, self.broadening_eV, energy)
+        scale, background = np.ones(n), np.zeros(n)
+        for i, m in enumerate(model):
+            design = np.stack([m, np.ones_like(m)], axis=1) * np.sqrt(w)[:, None]
+            coef, *_ = np.linalg.lstsq(design, value * np.sqrt(w), rcond=None)
+            if np.isfinite(coef).all() and coef[0] > 0:
+                scale[i], background[i] = coef
+        return scale, background
+
+    def _expected_sigma(self) -> float:
+        if self._measured.sigma:
+            return float(np.median(self._measured.sigma))
+        return self.default_sigma
+
+    def _candidate_energies(self) -> np.ndarray:
+        lo, hi = self.grid[0] + self.offset_eV, self.grid[-1] + self.offset_eV
+        energies = np.arange(lo, hi + 0.5 * self.step_eV, self.step_eV)
+        if self._measured.energy:
+            measured = np.asarray(self._measured.energy)
+            near = np.abs(energies[:, None] - measured[None, :]).min(axis=1) < self.min_separation_eV
+            energies = energies[~near]
+        return energies
+
+    def _ingest_ranking(self, ranking: Mapping) -> None:
+        index = {name: i for i, name in enumerate(self.names)}
+        probabilities = np.zeros(len(self.names))
+        for name, p in zip(ranking["names"], ranking["probabilities"]):
+            if name in index:
+                probabilities[index[name]] = float(p)
+        if probabilities.sum() > 0:
+            self.probabilities = probabilities / probabilities.sum()
+        self.offset_eV = float(ranking.get("offset_eV", self.offset_eV) or 0.0)
+        self.broadening_eV = float(ranking.get("broadening_eV", self.broadening_eV) or 0.0)
