@@ -7,7 +7,8 @@ settling).
 
 For a candidate ``c`` the measured value at energy ``E`` is predicted as a Gaussian
 ``N(a_c t_c(E) + b_c, a_c^2 s_c(E)^2 + sigma^2(E))`` where ``t_c`` is the model spectrum shifted
-by the common calibration offset and broadened by the common extra broadening, ``s_c`` its model
+by the common calibration offset (a reading at ``E`` sees the model at ``E + dE``, as in
+:mod:`xas_callbacks.ranking`) and broadened by the common extra broadening, ``s_c`` its model
 uncertainty, ``a_c, b_c`` the edge-step scale and background fitted to the points measured so far,
 and ``sigma`` the counting noise expected for the dwell. The mutual information between the next
 reading and the candidate's identity has no closed form for a mixture of Gaussians; we use the
@@ -81,7 +82,11 @@ def beam_time_cost(
 
 
 def _shift_and_broaden(grid, spectra, offset_eV, fwhm_eV, at):
-    """Model spectra broadened by a Gaussian of ``fwhm_eV`` and shifted by ``+offset_eV``, at ``at``."""
+    """Model spectra broadened by ``fwhm_eV`` (Gaussian) and read at measured energies ``at``.
+
+    The convention is the ranking engine's: a reading at measured energy ``E`` sees the model at
+    ``E + offset_eV``.
+    """
     spectra = np.atleast_2d(spectra)
     if fwhm_eV > 0:
         step = float(np.median(np.diff(grid)))
@@ -91,7 +96,7 @@ def _shift_and_broaden(grid, spectra, offset_eV, fwhm_eV, at):
         kernel /= kernel.sum()
         padded = np.pad(spectra, ((0, 0), (half, half)), mode="edge")
         spectra = np.stack([np.convolve(row, kernel, mode="valid") for row in padded])
-    return np.stack([np.interp(at - offset_eV, grid, row) for row in spectra])
+    return np.stack([np.interp(at + offset_eV, grid, row) for row in spectra])
 
 
 @dataclass
@@ -276,7 +281,7 @@ class EnergySelectionAgent:
         return self.default_sigma
 
     def _candidate_energies(self) -> np.ndarray:
-        lo, hi = self.grid[0] + self.offset_eV, self.grid[-1] + self.offset_eV
+        lo, hi = self.grid[0] - self.offset_eV, self.grid[-1] - self.offset_eV
         energies = np.arange(lo, hi + 0.5 * self.step_eV, self.step_eV)
         if self._measured.energy:
             measured = np.asarray(self._measured.energy)

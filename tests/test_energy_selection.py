@@ -51,9 +51,10 @@ def test_agent_suggests_the_discriminating_energy_and_respects_the_shared_offset
     assert abs(first["energy"] - 9030.0) <= 1.0
     assert first["expected_information_gain"] > 0.1
 
-    # A calibration offset moves where the difference is seen in the measured spectrum.
+    # A calibration offset moves where the difference is seen in the measured spectrum: a reading
+    # at E sees the model at E + offset (the ranking engine's convention).
     agent.ingest([{"ranking": {"names": ["plain", "bump"], "probabilities": [0.5, 0.5], "offset_eV": 4.0}}])
-    assert abs(agent.suggest(1)[0]["energy"] - 9034.0) <= 1.0
+    assert abs(agent.suggest(1)[0]["energy"] - 9026.0) <= 1.0
 
 
 def test_travel_cost_pulls_suggestions_towards_the_monochromator():
