@@ -239,12 +239,15 @@ class GraphBuilder:
             )
 
     # -- absorber sites --------------------------------------------------------------------
-    def absorber_groups(self, structure: Structure | Molecule) -> list[list[int]]:
+    def absorber_groups(
+        self, structure: Structure | Molecule, symprec: float | None = None
+    ) -> list[list[int]]:
         """Groups of equivalent absorber site indices (sorted, groups sorted by first index).
 
         Crystals: symmetry-equivalent sites from pymatgen's ``SpacegroupAnalyzer``
-        (``symprec`` tried in :data:`SYMPREC_FALLBACK`; if all fail, each site is its own group,
-        with a warning). Molecules: every absorber atom is its own group.
+        (``symprec`` if given, else the values of :data:`SYMPREC_FALLBACK` in turn; if all
+        fail, each site is its own group, with a warning). Molecules: every absorber atom is its
+        own group.
         """
         symbols = _species_symbols(structure)
         self._check(structure, symbols)
@@ -253,9 +256,10 @@ class GraphBuilder:
             return [[i] for i in absorbers]
         from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-        for symprec in SYMPREC_FALLBACK:
+        tolerances = SYMPREC_FALLBACK if symprec is None else (symprec,)
+        for tol in tolerances:
             try:
-                sym = SpacegroupAnalyzer(structure, symprec=symprec).get_symmetrized_structure()
+                sym = SpacegroupAnalyzer(structure, symprec=tol).get_symmetrized_structure()
             except Exception:  # spglib can fail on odd cells; try a looser tolerance
                 continue
             groups = [sorted(g) for g in sym.equivalent_indices if symbols[g[0]] == self.absorber]
@@ -263,7 +267,7 @@ class GraphBuilder:
                 return sorted(groups)
         warnings.warn(
             f"{_structure_label(structure)}: symmetry analysis failed at symprec "
-            f"{SYMPREC_FALLBACK}; treating all {len(absorbers)} {self.absorber} sites as distinct",
+            f"{tolerances}; treating all {len(absorbers)} {self.absorber} sites as distinct",
             stacklevel=2,
         )
         return [[i] for i in absorbers]

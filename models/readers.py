@@ -87,12 +87,16 @@ class ReadReport:
         ``(where, reason)`` for every skipped record.
     n_sites
         Number of site spectra in the records read.
+    notes
+        ``(where, note)`` about records that were kept but adjusted (e.g. renormalised
+        weights).
     """
 
     source: str
     n_read: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     n_sites: int = 0
+    notes: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def n_skipped(self) -> int:
@@ -111,6 +115,9 @@ class ReadReport:
         for kind, count in self.reason_counts().most_common():
             shown = [f"{w} ({r})" for w, r in self.skipped if r.split(":", 1)[0] == kind][:examples]
             lines.append(f"  {count} x {kind}: e.g. " + "; ".join(shown))
+        if self.notes:
+            lines.append(f"  {len(self.notes)} kept with notes: e.g. " + "; ".join(
+                f"{w} ({n})" for w, n in self.notes[:examples]))
         return "\n".join(lines)
 
     def __str__(self) -> str:
