@@ -1,0 +1,448 @@
+"""Candidate libraries: the predicted (or computed) spectra of the structures to rank.
+
+A :class:`CandidateLibrary` holds ``names``, ``energies`` (E,), ``mean`` (N, E), ``std`` (N, E),
+``failures`` (name -> reason: candidates the model could not handle are listed, never silently
+dropped) and ``provenance`` (model name, weights sha256, candidate-set sha256 computed from the
+file contents / SMILES strings).
+
+Sources:
+
+* structures through the predictor -- a folder of CIF/POSCAR/XYZ/pymatgen-JSON files, a list
+  of paths or SMILES, a ``.smi``/``.txt`` file of SMILES: :meth:`CandidateLibrary.from_structures`
+  (batched, ``on_error="skip"``, cached on disk as ``.npz`` under
+  ``models.paths.user_data_dir()/candidates`` keyed by the sha256s);
+* computed spectra arrays: :meth:`CandidateLibrary.from_spectra`;
+* a FEFF materials folder (``<id>/FEFF-XANES/NNN_Cu/xmu.dat``): :meth:`CandidateLibrary.from_feff`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CandidateLibrary", "candidate_set_sha256", "STRUCTURE_SUFFIXES", "read_xmu_file"]
+
+STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".xyz", ".json", ".mol", ".sdf")
+_SITE_DIR = re.compile(r"^(\d+)_([A-Z][a-z]?)$")
+CACHE_VERSION = 2
+
+
+def _software_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("steered-xas")
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def candidate_set_sha256(items: Sequence) -> str:
+    """sha256 over a candidate set: file contents for paths (in the given order, with their
+    names), the string itself for SMILES."""
+    digest = hashlib.sha256()
+    for item in items:
+        p = Path(str(item))
+        if isinstance(item, (str, os.PathLike)) and p.is_file():
+            digest.update(p.name.encode() + b"\0")
+            digest.update(p.read_bytes())
+        else:
+            digest.update(str(item).encode())
+        digest.update(b"\0\1")
+    return digest.hexdigest()
+
+
+def _name_of(item) -> str:
+    p = Path(str(item))
+    if isinstance(item, (str, os.PathLike)) and p.exists():
+        return p.stem if p.name.upper() not in ("POSCAR", "CONTCAR") else p.parent.name
+    if hasattr(item, "properties") and isinstance(getattr(item, "properties"), dict):
+        if "name" in item.properties:
+            return str(item.properties["name"])
+    if hasattr(item, "composition"):
+        return item.composition.reduced_formula
+    return str(item)
+
+
+def read_xmu_file(path) -> tuple[np.ndarray, np.ndarray]:
+    """(omega, mu) columns of a FEFF ``xmu.dat``."""
+    data = np.loadtxt(path, comments="#", usecols=(0, 3), ndmin=2)
+    return data[:, 0], data[:, 1]
+
+
+@dataclass
+class CandidateLibrary:
+    """Spectra of candidate structures on one energy grid.
+
+    Attributes
+    ----------
+    names : list of str
+    energies : ndarray, shape (E,)
+        Absolute photon energies (eV), increasing.
+    mean, std : ndarray, shape (N, E)
+        Normalised spectra and their 1-sigma.
+    failures : dict
+        name -> reason for candidates without a spectrum.
+    provenance : dict
+        ``model``, ``weights_sha256``, ``candidates_sha256``, ``source``, ``software_version``.
+    """
+
+    names: list[str]
+    energies: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    failures: dict[str, str] = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.names = [str(n) for n in self.names]
+        self.energies = np.asarray(self.energies, dtype=float)
+        self.mean = np.atleast_2d(np.asarray(self.mean, dtype=float))
+        self.std = np.atleast_2d(np.asarray(self.std, dtype=float))
+        if self.mean.shape != (len(self.names), self.energies.size) or self.std.shape != self.mean.shape:
+            raise ValueError(
+                f"inconsistent library: {len(self.names)} names, energies {self.energies.shape}, "
+                f"mean {self.mean.shape}, std {self.std.shape}"
+            )
+        self.provenance = {
+            "model": None,
+            "weights_sha256": None,
+            "candidates_sha256": None,
+            "source": None,
+            "software_version": _software_version(),
+            **dict(self.provenance),
+        }
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    # ---------------------------------------------------------------- builders
+    @classmethod
+    def from_spectra(
+        cls,
+        names: Sequence[str],
+        energies,
+        mean,
+        std=None,
+        *,
+        default_std: float = 0.0,
+        failures: dict | None = None,
+        provenance: dict | None = None,
+    ) -> "CandidateLibrary":
+        """A library from computed spectra arrays (FEFF references, tests).
+
+        ``std`` None: a constant ``default_std``. The candidate-set sha256 is computed from the
+        names and array bytes.
+        """
+        mean = np.atleast_2d(np.asarray(mean, dtype=float))
+        std = np.full_like(mean, float(default_std)) if std is None else np.asarray(std, dtype=float)
+        energies = np.asarray(energies, dtype=float)
+        digest = hashlib.sha256()
+        for n in names:
+            digest.update(str(n).encode() + b"\0")
+        digest.update(np.ascontiguousarray(energies).tobytes())
+        digest.update(np.ascontiguousarray(mean).tobytes())
+        prov = {"model": "computed-spectra", "candidates_sha256": digest.hexdigest()}
+        prov.update(provenance or {})
+        return cls(list(names), energies, mean, std, dict(failures or {}), prov)
+
+    @classmethod
+    def from_feff(
+        cls,
+        folder,
+        ids: Sequence[str] | None = None,
+        *,
+        absorber: str = "Cu",
+        step: float = 0.5,
+        default_std: float = 0.0,
+        weights: str = "multiplicity",
+        cache: bool = True,
+    ) -> "CandidateLibrary":
+        """Material spectra from a FEFF materials folder (``<id>/FEFF-XANES/NNN_<absorber>``).
+
+        Each material's spectrum is the average over its symmetry-distinct absorber sites,
+        weighted by multiplicity (pymatgen symmetry of ``<id>/POSCAR``; equal weights where that
+        fails, noted in provenance) or equally (``weights="equal"``). All spectra are resampled
+        onto one grid of ``step`` eV spanning the median energy range (spectra are extended
+        with their end values where they fall short, a few eV at most). Materials
+        without usable spectra are listed in ``failures``.
+        """
+        folder = Path(folder)
+        if ids is None:
+            ids = sorted(e.name for e in os.scandir(folder) if e.is_dir())
+        ids = [str(i) for i in ids]
+        digest = hashlib.sha256(f"feff|v{CACHE_VERSION}|{absorber}|{step}|{weights}|{default_std}".encode())
+        site_files: dict[str, list[tuple[int, Path]]] = {}
+        failures: dict[str, str] = {}
+        for mid in ids:
+            xanes = folder / mid / "FEFF-XANES"
+            sites = []
+            if xanes.is_dir():
+                for entry in sorted(os.scandir(xanes), key=lambda e: e.name):
+                    m = _SITE_DIR.match(entry.name)
+                    if m and m.group(2) == absorber and (Path(entry.path) / "xmu.dat").is_file():
+                        sites.append((int(m.group(1)), Path(entry.path) / "xmu.dat"))
+            if not sites:
+                failures[mid] = f"no FEFF-XANES/NNN_{absorber}/xmu.dat"
+                continue
+            site_files[mid] = sites
+            for _, p in sites:
+                st = p.stat()
+                digest.update(f"{mid}/{p.parent.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+        key = digest.hexdigest()
+        cache_file = _cache_dir() / f"feff-{key[:32]}.npz"
+        if cache and cache_file.exists():
+            lib = cls.load(cache_file)
+            lib.failures.update(failures)
+            return lib
+        spectra: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        weight_note = {}
+        for mid, sites in site_files.items():
+            try:
+                curves = [read_xmu_file(p) for _, p in sites]
+                for e, mu in curves:
+                    if e.size < 10 or not np.all(np.isfinite(mu)) or np.any(np.diff(e) <= 0):
+                        raise ValueError("malformed xmu.dat (too short, NaN or non-increasing)")
+                w = _site_weights(folder / mid / "POSCAR", [i for i, _ in sites], absorber) \
+                    if weights == "multiplicity" and len(sites) > 1 else None
+                if w is None:
+                    w = np.full(len(sites), 1.0 / len(sites))
+                    if len(sites) > 1 and weights == "multiplicity":
+                        weight_note[mid] = "equal site weights (symmetry analysis failed)"
+                lo = max(e[0] for e, _ in curves)
+                hi = min(e[-1] for e, _ in curves)
+                grid = curves[0][0][(curves[0][0] >= lo) & (curves[0][0] <= hi)]
+                mu = sum(wi * np.interp(grid, e, m) for wi, (e, m) in zip(w, curves))
+                spectra[mid] = (grid, mu)
+            except Exception as exc:  # noqa: BLE001 -- listed, not dropped silently
+                failures[mid] = f"unreadable FEFF spectrum: {exc}"
+        if not spectra:
+            raise ValueError(f"no usable FEFF spectra under {folder}")
+        # common grid: the median range; the few spectra that start later or stop earlier are
+        # extended with their end values (a few eV at most, in the flat pre-edge / far tail)
+        lo = float(np.median([g[0] for g, _ in spectra.values()]))
+        hi = float(np.median([g[-1] for g, _ in spectra.values()]))
+        grid = np.arange(np.ceil(lo / step) * step, hi + 1e-9, step)
+        names = [m for m in ids if m in spectra]
+        mean = np.array([np.interp(grid, *spectra[m]) for m in names])
+        lib = cls.from_spectra(
+            names, grid, mean, default_std=default_std, failures=failures,
+            provenance={"model": "feff9-computed", "candidates_sha256": key, "source": str(folder),
+                        "site_weights": weights, "weight_notes": weight_note},
+        )
+        if cache:
+            lib.save(cache_file)
+        return lib
+
+    @classmethod
+    def from_structures(
+        cls,
+        items: Iterable,
+        model: str = "cu-k",
+        *,
+        names: Sequence[str] | None = None,
+        batch_size: int = 256,
+        cache: bool = True,
+        source: str | None = None,
+    ) -> "CandidateLibrary":
+        """Predict the spectra of structures with ``models.load_predictor(model)``.
+
+        Parameters
+        ----------
+        items : iterable
+            Paths (CIF, POSCAR, XYZ, pymatgen JSON), SMILES strings or pymatgen objects.
+        model : str
+            Predictor name or weights path.
+        names : list of str, optional
+            Candidate names (default: file stems, SMILES strings, formulas).
+        batch_size : int
+            Passed to ``predict``.
+        cache : bool
+            Read/write ``user_data_dir()/candidates/<sha>.npz`` keyed by the weights and the
+            candidate-set sha256.
+        """
+        from models import load_predictor
+
+        items = list(items)
+        names = [str(n) for n in names] if names is not None else [_name_of(i) for i in items]
+        names = _dedupe(names)
+        pred = load_predictor(model)
+        cand_sha = candidate_set_sha256(items) if all(
+            isinstance(i, (str, os.PathLike)) for i in items) else None
+        key = None
+        if cache and cand_sha is not None:
+            key = hashlib.sha256(
+                f"{CACHE_VERSION}|{pred.weights_sha256}|{cand_sha}|{'|'.join(names)}".encode()
+            ).hexdigest()
+            cache_file = _cache_dir() / f"{key[:32]}.npz"
+            if cache_file.exists():
+                return cls.load(cache_file)
+        res = pred.predict(items, batch_size=batch_size, on_error="skip")
+        # successes keep input order in res.names, failures in res.failures: merge by label
+        failures: dict[str, str] = {}
+        out_names, rows = [], []
+        k = 0
+        fail_iter = iter(res.failures.items())
+        for i, (item, name) in enumerate(zip(items, names)):
+            label = _predictor_label(item, i)
+            if k < len(res.names) and res.names[k] in (label, f"{label} #{i}"):
+                out_names.append(name)
+                rows.append(k)
+                k += 1
+            else:
+                _, reason = next(fail_iter, (None, "no prediction returned"))
+                failures[name] = str(reason)
+        mean = res.mean[rows] if rows else np.zeros((0, res.energies.size))
+        std = res.std[rows] if rows else np.zeros((0, res.energies.size))
+        lib = cls(out_names, res.energies, mean, std, failures, {
+            "model": pred.name, "weights_sha256": pred.weights_sha256,
+            "candidates_sha256": cand_sha, "source": source,
+        })
+        if key is not None:
+            lib.save(_cache_dir() / f"{key[:32]}.npz")
+        return lib
+
+    @classmethod
+    def from_source(cls, source, model: str | None = "cu-k", **kwargs) -> "CandidateLibrary":
+        """Build from a path: a FEFF materials folder (computed spectra, no model needed), a
+        folder of structure files, a ``.smi``/``.txt`` file of SMILES (one a line), one
+        structure file, or a saved library ``.npz``."""
+        path = Path(source).expanduser()
+        if path.suffix == ".npz" and path.is_file():
+            return cls.load(path)
+        if path.is_dir():
+            subdirs = [e for e in os.scandir(path) if e.is_dir()]
+            if subdirs and any((Path(e.path) / "FEFF-XANES").is_dir() for e in subdirs[:50]):
+                return cls.from_feff(path, **kwargs)
+            files = sorted(p for p in path.iterdir()
+                           if p.is_file() and (p.suffix.lower() in STRUCTURE_SUFFIXES
+                                               or p.name.upper() in ("POSCAR", "CONTCAR")))
+            if not files:
+                raise ValueError(f"{path}: no structure files ({', '.join(STRUCTURE_SUFFIXES)})")
+            return cls.from_structures([str(f) for f in files], model=model, source=str(path), **kwargs)
+        if path.is_file() and path.suffix.lower() in (".smi", ".txt"):
+            smiles = [ln.split()[0] for ln in path.read_text().splitlines()
+                      if ln.strip() and not ln.startswith("#")]
+            return cls.from_structures(smiles, model=model, source=str(path), **kwargs)
+        if path.is_file():
+            return cls.from_structures([str(path)], model=model, source=str(path), **kwargs)
+        raise FileNotFoundError(f"candidate source {source} does not exist")
+
+    @classmethod
+    def from_start_doc(cls, xas: dict) -> "CandidateLibrary":
+        """Build from the ``xas`` block of a start document (``candidates``, ``model``)."""
+        cands = xas.get("candidates") or {}
+        model = (xas.get("model") or {}).get("name")
+        src = cands.get("source")
+        if not src:
+            raise ValueError("start document xas.candidates has no 'source'")
+        lib = cls.from_source(src, model=model) if model else cls.from_source(src)
+        want = cands.get("sha256")
+        if want and lib.provenance.get("candidates_sha256") not in (None, want):
+            logger.warning("candidate set sha256 %s differs from the start document's %s",
+                           lib.provenance.get("candidates_sha256"), want)
+            lib.provenance["sha256_mismatch"] = want
+        wsha = (xas.get("model") or {}).get("weights_sha256")
+        if wsha and lib.provenance.get("weights_sha256") not in (None, wsha):
+            logger.warning("model weights sha256 %s differs from the start document's %s",
+                           lib.provenance.get("weights_sha256"), wsha)
+            lib.provenance["weights_sha256_mismatch"] = wsha
+        return lib
+
+    # ---------------------------------------------------------------- helpers
+    def subset(self, names: Sequence[str]) -> "CandidateLibrary":
+        """The candidates named, in that order (unknown names go to failures)."""
+        index = {n: i for i, n in enumerate(self.names)}
+        keep = [n for n in names if n in index]
+        fail = dict(self.failures)
+        fail.update({n: "not in library" for n in names if n not in index})
+        rows = [index[n] for n in keep]
+        return CandidateLibrary(keep, self.energies, self.mean[rows], self.std[rows], fail,
+                                dict(self.provenance))
+
+    def save(self, path) -> Path:
+        """Write an ``.npz`` (no pickle)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(
+            tmp, names=np.array(self.names, dtype=str), energies=self.energies, mean=self.mean,
+            std=self.std, failures=np.array(json.dumps(self.failures)),
+            provenance=np.array(json.dumps(self.provenance, default=str)),
+        )
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "CandidateLibrary":
+        """Read an ``.npz`` written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as z:
+            return cls([str(n) for n in z["names"]], z["energies"], z["mean"], z["std"],
+                       json.loads(str(z["failures"])), json.loads(str(z["provenance"])))
+
+
+def _predictor_label(item, i: int) -> str:
+    """The label the predictor gives ``item`` (models.structures.structure_name)."""
+    try:
+        from models.structures import structure_name
+
+        return structure_name(item)
+    except Exception:  # noqa: BLE001
+        return f"structure {i}"
+
+
+def _dedupe(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        if n in seen:
+            seen[n] += 1
+            out.append(f"{n}#{seen[n]}")
+        else:
+            seen[n] = 0
+            out.append(n)
+    return out
+
+
+def _cache_dir() -> Path:
+    from models.paths import user_data_dir
+
+    d = user_data_dir() / "candidates"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _site_weights(poscar: Path, site_indices: list[int], absorber: str):
+    """Multiplicity weights of the given symmetry-distinct sites, or None."""
+    try:
+        from pymatgen.core import Structure
+        from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+        s = Structure.from_file(str(poscar))
+        for symprec in (0.01, 0.1):
+            try:
+                sym = SpacegroupAnalyzer(s, symprec=symprec).get_symmetrized_structure()
+            except Exception:  # noqa: BLE001
+                continue
+            mult = []
+            for i in site_indices:
+                group = next((g for g in sym.equivalent_indices if i in g), None)
+                if group is None:
+                    break
+                mult.append(len(group))
+            n_abs = sum(1 for site in s if site.specie.symbol == absorber)
+            if len(mult) == len(site_indices) and sum(mult) == n_abs:
+                m = np.asarray(mult, dtype=float)
+                return m / m.sum()
+    except Exception:  # noqa: BLE001
+        return None
+    return None

@@ -1,0 +1,483 @@
+"""Posterior over candidate structures given a (partially) measured spectrum.
+
+For candidate ``c`` with predicted normalised spectrum ``m_c(E)`` and model 1-sigma ``s_c(E)``,
+measured points ``(E_i, y_i)`` with counting variance ``sigma_i^2`` are modelled as::
+
+    y_i = a * m_c(E_i + dE; w) + b + n_i,   n_i ~ N(0, sigma_i^2 + s_c(E_i + dE; w)^2 + floor^2)
+
+* ``dE`` -- ONE energy-calibration offset shared by all candidates (a grid with a Gaussian
+  prior, marginalised numerically). A per-candidate shift would erase chemical shifts.
+* ``w`` -- extra Gaussian broadening FWHM shared by all candidates (a small grid, marginalised
+  numerically).
+* ``a, b`` -- amplitude (edge-step scale) and background, Gaussian priors, marginalised
+  analytically (closed-form linear-Gaussian evidence).
+
+Everything is vectorised over (candidate, broadening, offset) cells. The spectra are resampled
+once onto a uniform fine grid of step ``h``; offsets are integer multiples of ``h`` so that, for
+one measured point, the shifted spectra of all offsets are a strided view of that grid. Each
+new point updates seven sufficient statistics per cell, so an update is O(cells), independent of
+the number of points already seen. The arithmetic is plain float64 numpy in a fixed order:
+the same points in the same order give bit-identical results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "RankingConfig",
+    "RankingResult",
+    "RankingEngine",
+    "linear_gaussian_log_evidence",
+    "gaussian_broaden_uniform",
+]
+
+LOG2PI = float(np.log(2.0 * np.pi))
+FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+
+
+@dataclass(frozen=True)
+class RankingConfig:
+    """Settings of the ranking model.
+
+    Parameters
+    ----------
+    offset_min, offset_max, offset_step
+        Grid of the common calibration offset dE (eV); measured E corresponds to model E + dE.
+        ``offset_step`` is rounded to a multiple of ``grid_step``; the grid always holds
+        ``offset_min`` rounded down to a multiple of ``grid_step``.
+    offset_prior_mean, offset_prior_sd
+        Gaussian prior of dE (eV). A reference-foil measurement or the model card narrows it.
+    broadenings
+        Extra Gaussian broadening FWHM values (eV), marginalised with ``broadening_prior``
+        (None: uniform).
+    amplitude_prior, background_prior
+        (mean, sd) of the Gaussian priors on ``a`` and ``b`` (normalised units).
+    model_floor
+        1-sigma model-misfit floor added in quadrature to every point (normalised units).
+    extrapolation_sd
+        Extra 1-sigma where a shifted model is evaluated outside its own energy range (it is
+        extended with its end values there).
+    grid_step
+        Step (eV) of the uniform fine grid onto which candidates are resampled.
+    pre_pad
+        How far (eV) below the model grid a measured point may lie and still be used.
+    """
+
+    offset_min: float = -12.0
+    offset_max: float = 12.0
+    offset_step: float = 0.5
+    offset_prior_mean: float = 0.0
+    offset_prior_sd: float = 6.0
+    broadenings: tuple[float, ...] = (0.0, 1.5, 3.0, 4.5, 6.0)
+    broadening_prior: tuple[float, ...] | None = None
+    amplitude_prior: tuple[float, float] = (1.0, 0.5)
+    background_prior: tuple[float, float] = (0.0, 0.5)
+    model_floor: float = 0.03
+    extrapolation_sd: float = 0.05
+    grid_step: float = 0.5
+    pre_pad: float = 40.0
+
+
+@dataclass
+class RankingResult:
+    """One ranking update, candidates ordered by posterior probability (descending)."""
+
+    names: list[str]
+    probabilities: np.ndarray
+    log_evidence: np.ndarray
+    order: np.ndarray
+    offset_mean: float
+    offset_sd: float
+    offset_map: float
+    broadening_mean: float
+    broadening_map: float
+    entropy: float
+    n_points: int
+    offset_posterior: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    broadening_posterior: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+
+    def top(self, k: int = 5) -> list[tuple[str, float, float]]:
+        """The first ``k`` (name, probability, log-evidence)."""
+        return [
+            (self.names[i], float(self.probabilities[i]), float(self.log_evidence[i]))
+            for i in range(min(k, len(self.names)))
+        ]
+
+    def as_dict(self, k: int | None = None) -> dict:
+        """JSON-ready summary (top ``k`` or all)."""
+        k = len(self.names) if k is None else min(k, len(self.names))
+        return {
+            "ranking": [
+                {
+                    "name": self.names[i],
+                    "probability": float(self.probabilities[i]),
+                    "log_evidence": float(self.log_evidence[i]),
+                }
+                for i in range(k)
+            ],
+            "offset_eV": float(self.offset_mean),
+            "offset_sd_eV": float(self.offset_sd),
+            "offset_map_eV": float(self.offset_map),
+            "broadening_eV": float(self.broadening_mean),
+            "broadening_map_eV": float(self.broadening_map),
+            "entropy": float(self.entropy),
+            "n_points": int(self.n_points),
+        }
+
+
+def linear_gaussian_log_evidence(
+    Sw, Sm, Smm, Sy, Smy, Syy, Slogw, n, amplitude_prior=(1.0, 0.5), background_prior=(0.0, 0.5)
+):
+    """Closed-form log marginal likelihood of ``y = a m + b + noise`` with a, b integrated out.
+
+    Parameters
+    ----------
+    Sw, Sm, Smm, Sy, Smy, Syy : array_like
+        Weighted sums over points with weights ``w_i = 1/var_i``: sum w, sum w m, sum w m^2,
+        sum w y, sum w m y, sum w y^2.
+    Slogw : array_like
+        sum log w_i.
+    n : int
+        Number of points.
+    amplitude_prior, background_prior : (mean, sd)
+        Gaussian priors on ``a`` and ``b``.
+
+    Returns
+    -------
+    ndarray
+        ``log p(y | m)`` broadcast over the inputs.
+
+    Notes
+    -----
+    With ``Phi = [m, 1]``, prior precision ``L0 = diag(1/sa^2, 1/sb^2)`` and mean ``mu0``::
+
+        A = L0 + Phi^T W Phi,   h = L0 mu0 + Phi^T W y
+        log Z = -n/2 log 2pi + 1/2 sum log w + 1/2 log det L0 - 1/2 log det A
+                - 1/2 (y^T W y + mu0^T L0 mu0 - h^T A^-1 h)
+    """
+    ma, sa = amplitude_prior
+    mb, sb = background_prior
+    la, lb = 1.0 / sa**2, 1.0 / sb**2
+    A11 = Smm + la
+    A12 = Sm
+    A22 = Sw + lb
+    h1 = Smy + la * ma
+    h2 = Sy + lb * mb
+    det = A11 * A22 - A12 * A12
+    quad = (A22 * h1 * h1 - 2.0 * A12 * h1 * h2 + A11 * h2 * h2) / det
+    return (
+        -0.5 * n * LOG2PI
+        + 0.5 * Slogw
+        + 0.5 * (np.log(la) + np.log(lb))
+        - 0.5 * np.log(det)
+        - 0.5 * (Syy + la * ma * ma + lb * mb * mb - quad)
+    )
+
+
+def gaussian_broaden_uniform(mu: np.ndarray, step: float, fwhm: float) -> np.ndarray:
+    """Convolve spectra on a uniform grid with a normalised Gaussian of ``fwhm`` (eV).
+
+    Parameters
+    ----------
+    mu : ndarray, shape (..., G)
+        Spectra on a uniform grid of ``step`` eV; edges are extended with their end values.
+    step, fwhm : float
+        Grid step and Gaussian FWHM (eV). ``fwhm <= 0`` returns a copy.
+    """
+    mu = np.asarray(mu, dtype=float)
+    if fwhm <= 0:
+        return mu.copy()
+    sigma = fwhm * FWHM_TO_SIGMA / step
+    half = int(np.ceil(4 * sigma))
+    x = np.arange(-half, half + 1)
+    kern = np.exp(-0.5 * (x / sigma) ** 2)
+    kern /= kern.sum()
+    padded = np.concatenate(
+        [np.repeat(mu[..., :1], half, axis=-1), mu, np.repeat(mu[..., -1:], half, axis=-1)], axis=-1
+    )
+    # FFT-free direct convolution along the last axis, deterministic
+    from scipy.ndimage import correlate1d
+
+    return correlate1d(padded, kern, axis=-1, mode="nearest")[..., half:-half]
+
+
+class RankingEngine:
+    """Incremental Bayesian ranking of candidate spectra against measured points.
+
+    Parameters
+    ----------
+    names : list of str
+        Candidate names (N).
+    energies : ndarray, shape (E,)
+        Absolute energy grid (eV, increasing) of the candidate spectra.
+    mean, std : ndarray, shape (N, E)
+        Predicted normalised spectra and their 1-sigma.
+    config : RankingConfig, optional
+    log_prior : ndarray, shape (N,), optional
+        Log prior over candidates (default uniform).
+    dtype : numpy dtype
+        Dtype of the candidate tables and per-point arithmetic. float64 (default) is exact to
+        rounding; float32 halves memory and time, accumulating 16-point blocks in float32 that
+        are flushed into float64 totals (log-evidence then good to ~1e-2).
+    """
+
+    def __init__(
+        self,
+        names,
+        energies,
+        mean,
+        std=None,
+        config: RankingConfig | None = None,
+        log_prior=None,
+        dtype=np.float64,
+    ) -> None:
+        self.config = cfg = config or RankingConfig()
+        self.names = list(names)
+        energies = np.asarray(energies, dtype=float)
+        mean = np.atleast_2d(np.asarray(mean, dtype=float))
+        std = np.zeros_like(mean) if std is None else np.atleast_2d(np.asarray(std, dtype=float))
+        if mean.shape != std.shape or mean.shape != (len(self.names), energies.size):
+            raise ValueError(
+                f"shapes disagree: names {len(self.names)}, energies {energies.shape}, "
+                f"mean {mean.shape}, std {std.shape}"
+            )
+        if np.any(np.diff(energies) <= 0):
+            raise ValueError("candidate energies must increase strictly")
+        N = len(self.names)
+        h = float(cfg.grid_step)
+        stride = max(1, int(round(cfg.offset_step / h)))
+        k_lo = int(np.floor(cfg.offset_min / h))
+        n_off = int(np.floor((cfg.offset_max - k_lo * h) / (stride * h))) + 1
+        self.offsets = (k_lo + stride * np.arange(n_off)) * h
+        self._stride = stride
+        self.broadenings = np.asarray(cfg.broadenings, dtype=float)
+        W, O = self.broadenings.size, self.offsets.size
+
+        # fine uniform grid covering the model range plus the pre-edge extension
+        e_lo = energies[0] - cfg.pre_pad
+        e_hi = energies[-1]
+        g0 = np.floor(e_lo / h) * h
+        G = int(np.ceil((e_hi - g0) / h)) + 1
+        self._g0, self._h = g0, h
+        self.grid = g0 + h * np.arange(G)
+        # usable measured-energy window: E + dE inside the grid for every offset
+        self.window = (self.grid[0] - self.offsets[0], self.grid[-1] - self.offsets[-1] - h)
+
+        outside = (self.grid < energies[0]) | (self.grid > energies[-1])
+        mfine = np.empty((N, G))
+        vfine = np.empty((N, G))
+        for i in range(N):  # np.interp extends with end values
+            mfine[i] = np.interp(self.grid, energies, mean[i])
+            vfine[i] = np.interp(self.grid, energies, std[i])
+        vfine = vfine**2 + np.where(outside, cfg.extrapolation_sd**2, 0.0)[None, :]
+        self._M = np.empty((N, W, G), dtype=dtype)
+        self._V = np.empty((N, W, G), dtype=dtype)
+        for j, fw in enumerate(self.broadenings):
+            self._M[:, j] = gaussian_broaden_uniform(mfine, h, fw)
+            self._V[:, j] = gaussian_broaden_uniform(vfine, h, fw)
+        # differences to the next grid point, for one-multiply linear interpolation
+        self._dM = np.zeros_like(self._M)
+        self._dM[:, :, :-1] = np.diff(self._M, axis=-1)
+        self._dV = np.zeros_like(self._V)
+        self._dV[:, :, :-1] = np.diff(self._V, axis=-1)
+
+        # priors
+        lp_off = -0.5 * ((self.offsets - cfg.offset_prior_mean) / cfg.offset_prior_sd) ** 2
+        self._log_prior_offset = lp_off - _logsumexp(lp_off)
+        if cfg.broadening_prior is None:
+            lp_b = np.full(W, -np.log(W))
+        else:
+            bp = np.asarray(cfg.broadening_prior, dtype=float)
+            lp_b = np.log(bp / bp.sum())
+        self._log_prior_broadening = lp_b
+        if log_prior is None:
+            self._log_prior_cand = np.full(N, -np.log(max(N, 1)))
+        else:
+            lpc = np.asarray(log_prior, dtype=float)
+            self._log_prior_cand = lpc - _logsumexp(lpc)
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def n_candidates(self) -> int:
+        return len(self.names)
+
+    def reset(self) -> None:
+        """Forget all points."""
+        N, W, _ = self._M.shape
+        O = self.offsets.size
+        # stats: Sw, Sm, Smm, Sy, Smy, Syy, Slogw
+        self._S = np.zeros((7, N, W, O))
+        if self._M.dtype == np.float64:
+            self._Sblock = self._S
+            self._flush_every = 1 << 62
+        else:  # low-precision partial sums over short blocks, flushed into float64 totals
+            self._Sblock = np.zeros((7, N, W, O), dtype=self._M.dtype)
+            self._flush_every = 16
+        self._n_block = 0
+        self._buf = [np.empty((N, W, O), dtype=self._M.dtype) for _ in range(4)]
+        self.n_points = 0
+        self.n_outside = 0
+        self._pts_E: list[float] = []
+        self._pts_y: list[float] = []
+        self._pts_v: list[float] = []
+
+    def in_window(self, energy: float) -> bool:
+        """Whether a measured energy can be compared with the models for every offset."""
+        return bool(self.window[0] <= energy <= self.window[1])
+
+    def add_point(self, energy: float, y: float, var: float) -> bool:
+        """Add one measured point (normalised ``y`` with variance ``var``).
+
+        Returns False (and counts it in ``n_outside``) when the energy lies outside
+        :attr:`window` or a value is not finite.
+        """
+        energy, y, var = float(energy), float(y), float(var)
+        if not (np.isfinite(energy) and np.isfinite(y) and np.isfinite(var) and var >= 0):
+            self.n_outside += 1
+            return False
+        if not self.in_window(energy):
+            self.n_outside += 1
+            return False
+        pos = (energy + self.offsets[0] - self._g0) / self._h
+        j = int(np.floor(pos))
+        dt = self._M.dtype.type
+        t = dt(pos - j)
+        s = self._stride
+        sl = slice(j, j + s * (self.offsets.size - 1) + 1, s)
+        m, v, w, tmp = self._buf
+        np.multiply(self._dM[:, :, sl], t, out=m)
+        m += self._M[:, :, sl]
+        np.multiply(self._dV[:, :, sl], t, out=v)
+        v += self._V[:, :, sl]
+        v += dt(var + self.config.model_floor**2)
+        np.reciprocal(v, out=w)
+        S = self._Sblock
+        yy = dt(y)
+        S[0] += w
+        np.multiply(w, yy, out=tmp)
+        S[3] += tmp
+        tmp *= yy
+        S[5] += tmp
+        np.multiply(w, m, out=tmp)  # w m
+        S[1] += tmp
+        m *= tmp  # w m^2
+        S[2] += m
+        tmp *= yy  # w m y
+        S[4] += tmp
+        np.log(w, out=w)
+        S[6] += w
+        self._n_block += 1
+        if self._n_block >= self._flush_every:
+            self._flush()
+        self.n_points += 1
+        self._pts_E.append(energy)
+        self._pts_y.append(y)
+        self._pts_v.append(var)
+        return True
+
+    def _flush(self) -> None:
+        if self._Sblock is self._S:
+            self._n_block = 0
+            return
+        self._S += self._Sblock
+        self._Sblock[...] = 0
+        self._n_block = 0
+
+    def add_points(self, energy, y, var) -> int:
+        """Add several points in order; returns the number used."""
+        used = 0
+        for e, yy, vv in zip(np.atleast_1d(energy), np.atleast_1d(y), np.atleast_1d(var)):
+            used += self.add_point(e, yy, vv)
+        return used
+
+    def rebuild(self, energy, y, var) -> int:
+        """Replace all points (e.g. after a re-normalisation); same result as adding in order."""
+        self.reset()
+        return self.add_points(energy, y, var)
+
+    @property
+    def points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(energy, y, var) of the points in use."""
+        return np.array(self._pts_E), np.array(self._pts_y), np.array(self._pts_v)
+
+    # --------------------------------------------------------------- posterior
+    def log_evidence_cells(self) -> np.ndarray:
+        """log p(y | c, dE, w) for every cell, shape (N, W, O)."""
+        cfg = self.config
+        self._flush()
+        S = self._S
+        return linear_gaussian_log_evidence(
+            S[0], S[1], S[2], S[3], S[4], S[5], S[6], self.n_points,
+            cfg.amplitude_prior, cfg.background_prior,
+        )
+
+    def result(self) -> RankingResult:
+        """The posterior over candidates, offset and broadening given the points so far."""
+        L = self.log_evidence_cells()
+        L = L + self._log_prior_offset[None, None, :] + self._log_prior_broadening[None, :, None]
+        # candidate evidence: marginalised over offset and broadening
+        logZ_c = _logsumexp(L.reshape(L.shape[0], -1), axis=1)
+        joint = logZ_c + self._log_prior_cand
+        total = _logsumexp(joint)
+        post = np.exp(joint - total)
+        cell = np.exp(L - total + self._log_prior_cand[:, None, None])
+        p_off = cell.sum(axis=(0, 1))
+        p_b = cell.sum(axis=(0, 2))
+        p_off = p_off / p_off.sum()
+        p_b = p_b / p_b.sum()
+        off_mean = float(np.dot(p_off, self.offsets))
+        off_sd = float(np.sqrt(max(np.dot(p_off, (self.offsets - off_mean) ** 2), 0.0)))
+        order = np.lexsort((np.arange(post.size), -post))  # stable, deterministic ties
+        nz = post[post > 0]
+        entropy = float(-np.sum(nz * np.log(nz)))
+        return RankingResult(
+            names=[self.names[i] for i in order],
+            probabilities=post[order],
+            log_evidence=logZ_c[order],
+            order=order,
+            offset_mean=off_mean,
+            offset_sd=off_sd,
+            offset_map=float(self.offsets[int(np.argmax(p_off))]),
+            broadening_mean=float(np.dot(p_b, self.broadenings)),
+            broadening_map=float(self.broadenings[int(np.argmax(p_b))]),
+            entropy=entropy,
+            n_points=self.n_points,
+            offset_posterior=p_off,
+            broadening_posterior=p_b,
+        )
+
+    def model_at(self, index: int, energy, offset: float, broadening: float):
+        """Candidate ``index`` mean and 1-sigma at measured ``energy`` for a given offset and
+        broadening (nearest grid broadening), for plots."""
+        jb = int(np.argmin(np.abs(self.broadenings - broadening)))
+        e = np.asarray(energy, dtype=float) + offset
+        m = np.interp(e, self.grid, self._M[index, jb])
+        v = np.interp(e, self.grid, self._V[index, jb])
+        return m, np.sqrt(np.maximum(v, 0.0))
+
+    def best_fit(self, index: int, offset: float, broadening: float):
+        """Posterior-mean amplitude and background (a, b) of candidate ``index``."""
+        E, y, var = self.points
+        if E.size == 0:
+            return self.config.amplitude_prior[0], self.config.background_prior[0]
+        m, s = self.model_at(index, E, offset, broadening)
+        w = 1.0 / (var + s**2 + self.config.model_floor**2)
+        (ma, sa), (mb, sb) = self.config.amplitude_prior, self.config.background_prior
+        A = np.array([[np.sum(w * m * m) + sa**-2, np.sum(w * m)], [np.sum(w * m), np.sum(w) + sb**-2]])
+        h = np.array([np.sum(w * m * y) + ma / sa**2, np.sum(w * y) + mb / sb**2])
+        a, b = np.linalg.solve(A, h)
+        return float(a), float(b)
+
+
+def _logsumexp(x: np.ndarray, axis=None) -> np.ndarray:
+    x = np.asarray(x, dtype=float)
+    mx = np.max(x, axis=axis, keepdims=True)
+    mx = np.where(np.isfinite(mx), mx, 0.0)
+    out = np.log(np.sum(np.exp(x - mx), axis=axis, keepdims=True)) + mx
+    if axis is None:
+        return float(out.reshape(()))
+    return np.squeeze(out, axis=axis)
