@@ -35,7 +35,7 @@ class StructureError(ValueError):
 
 def _is_poscar_name(path: Path) -> bool:
     name = path.name.upper()
-    return path.suffix.lower() in _POSCAR_SUFFIXES or any(name.startswith(n) for n in _POSCAR_NAMES)
+    return path.suffix.lower() in _POSCAR_SUFFIXES or any(n in name for n in _POSCAR_NAMES)
 
 
 def _looks_like_path(text: str) -> bool:
@@ -280,7 +280,7 @@ def structure_name(source: StructureLike) -> str:
                 return props[key]
         if isinstance(source, (Structure, IStructure)):
             return source.composition.reduced_formula
-        return source.composition.formula.replace(" ", "")
+        return source.composition.hill_formula.replace(" ", "")
     if isinstance(source, os.PathLike):
         path = Path(source)
         if path.name.upper() in _POSCAR_NAMES and path.parent.name:
