@@ -180,16 +180,18 @@ class Predictor:
         self._cache.clear()
 
     def _check_elements(self, structure, label: str) -> None:
+        from models.graphs import NoAbsorberError, UnsupportedElementError
+
         present = sorted({el.symbol for el in structure.composition.elements})
         if self.element not in present:
-            raise ValueError(
+            raise NoAbsorberError(
                 f"{label}: no {self.element} atom to absorb at (elements present: {', '.join(present)}); "
                 f"model {self.name!r} predicts the {self.element} {self.edge}-edge"
             )
         if self.supported_elements:
             unknown = [el for el in present if el not in self.supported_elements]
             if unknown:
-                raise ValueError(
+                raise UnsupportedElementError(
                     f"{label}: element(s) {', '.join(unknown)} not supported by model {self.name!r}; "
                     f"supported elements: {', '.join(self.supported_elements)}"
                 )
