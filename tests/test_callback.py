@@ -1,0 +1,269 @@
+"""XASRankingCallback with a real RunEngine, real documents and hypothesis-made streams."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from bluesky.plans import list_scan
+from event_model import compose_run, pack_event_page, schema_validators, DocumentNames
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from ophyd.sim import SynAxis, SynSignal
+
+from xas_callbacks.callback import XASRankingCallback
+from xas_callbacks.candidates import CandidateLibrary
+from xas_callbacks.ranking import RankingConfig
+
+N_CANDIDATES = 40
+TRUE_INDEX = 7
+SHIFT = 1.5  # measured E corresponds to model E + SHIFT
+E0 = 8979.0
+
+
+@pytest.fixture(scope="module")
+def feff_library(cu_k_dir):
+    ids = sorted(p.name for p in cu_k_dir.iterdir() if (p / "FEFF-XANES").is_dir())[:N_CANDIDATES]
+    return CandidateLibrary.from_feff(cu_k_dir, ids=ids, weights="equal", default_std=0.01,
+                                      cache=False)
+
+
+CFG = RankingConfig(offset_min=-5, offset_max=5, offset_prior_sd=3.0,
+                    broadenings=(0.0, 1.5, 3.0), model_floor=0.01)
+
+
+def _energy_grid(lib):
+    lo = lib.energies[0] - SHIFT
+    return np.concatenate([np.arange(lo - 40, lo - 5, 5.0), np.arange(lo - 5, lo + 40, 0.7),
+                           np.arange(lo + 40, lib.energies[-1] - 8, 2.5)])
+
+
+def _xas_md(**extra):
+    md = {"element": "Cu", "edge": "K", "e0": E0, "mode": "transmission",
+          "energy_field": "energy", "detectors": {"i0": "I0", "it": "It"}}
+    md.update(extra)
+    return md
+
+
+def _sim_devices(lib, seed=0):
+    rng = np.random.default_rng(seed)
+    energy = SynAxis(name="energy")
+    true = lib.mean[TRUE_INDEX]
+
+    def mu_at(e):
+        return 0.3 + 0.9 * np.interp(e + SHIFT, lib.energies, true)
+
+    I0 = SynSignal(func=lambda: float(rng.poisson(2e5)), name="I0")
+
+    def it():
+        i0 = I0.get()
+        return float(rng.poisson(i0 * np.exp(-mu_at(energy.readback.get()))))
+
+    It = SynSignal(func=it, name="It")
+    return energy, I0, It
+
+
+def _run_scan(lib, callback, seed=0, md=None):
+    RE = RunEngine({})
+    docs = []
+    RE.subscribe(lambda n, d: docs.append((n, copy.deepcopy(d))))
+    RE.subscribe(callback)
+    energy, I0, It = _sim_devices(lib, seed)
+    md = md if md is not None else {"xas": _xas_md()}
+    RE(list_scan([I0, It], energy, list(_energy_grid(lib))), **md)
+    return docs
+
+
+def _validate(name, doc):
+    schema_validators[DocumentNames[name]].validate(doc)
+
+
+def _strip(doc):
+    out = {k: v for k, v in doc.items() if k not in ("uid", "run_start", "descriptor", "parent_uid")}
+    return out
+
+
+def test_scan_ranks_true_candidate_first_and_emits_valid_documents(feff_library):
+    emitted = []
+    cb = XASRankingCallback(feff_library, emit=lambda n, d: emitted.append((n, d)), config=CFG)
+    raw = _run_scan(feff_library, cb)
+    res = cb.latest_ranking
+    assert res.names[0] == feff_library.names[TRUE_INDEX]
+    assert res.probabilities[0] > 0.9
+    assert abs(res.offset_mean - SHIFT) < 0.5
+    names = [n for n, _ in emitted]
+    assert names[0] == "start" and names[1] == "descriptor" and names[-1] == "stop"
+    for n, d in emitted:
+        _validate(n, d)
+    start = emitted[0][1]
+    raw_start = raw[0][1]
+    assert start["purpose"] == "xas-ranking"
+    assert start["parent_uid"] == raw_start["uid"]
+    prov = start["provenance"]
+    assert prov["candidates_sha256"] == feff_library.provenance["candidates_sha256"]
+    assert set(prov) >= {"model", "weights_sha256", "candidates_sha256", "software_version"}
+    events = [d for n, d in emitted if n == "event"]
+    assert len(events) == len(cb.history)
+    counts = cb.summary["counts"]
+    assert len(events) == counts["points"] - counts.get("outside_model_range", 0)
+    last = events[-1]["data"]
+    assert last["top_names"][0] == feff_library.names[TRUE_INDEX]
+    assert len(last["top_names"]) == cb.top_k
+    assert last["n_points"] == res.n_points
+    assert emitted[-1][1]["exit_status"] == "success"
+    assert cb.summary["counts"].get("callback_errors", 0) == 0
+
+
+def _replay(docs, cb):
+    for n, d in docs:
+        cb(n, copy.deepcopy(d))
+
+
+def test_replay_reproduces_ranking_documents_exactly(feff_library):
+    first, second = [], []
+    cb = XASRankingCallback(feff_library, emit=lambda n, d: first.append((n, d)), config=CFG)
+    raw = _run_scan(feff_library, cb, seed=3)
+    cb2 = XASRankingCallback(feff_library, emit=lambda n, d: second.append((n, d)), config=CFG)
+    _replay(raw, cb2)
+    assert [n for n, _ in first] == [n for n, _ in second]
+    for (n1, d1), (n2, d2) in zip(first, second):
+        assert _strip(d1) == _strip(d2), n1
+
+
+def test_event_page_and_event_give_identical_rankings(feff_library):
+    cb = XASRankingCallback(feff_library, config=CFG)
+    raw = _run_scan(feff_library, cb, seed=4)
+    events = [d for n, d in raw if n == "event"]
+    paged = [(n, d) for n, d in raw if n != "event"]
+    stop_at = [i for i, (n, _) in enumerate(paged) if n == "stop"][0]
+    pages = [("event_page", pack_event_page(*events[i:i + 7])) for i in range(0, len(events), 7)]
+    paged = paged[:stop_at] + pages + paged[stop_at:]
+    a, b = [], []
+    _replay(raw, XASRankingCallback(feff_library, emit=lambda n, d: a.append((n, d)), config=CFG))
+    _replay(paged, XASRankingCallback(feff_library, emit=lambda n, d: b.append((n, d)), config=CFG))
+    assert [_strip(d) for _, d in a] == [_strip(d) for _, d in b]
+
+
+def test_runs_without_xas_block_are_ignored(feff_library):
+    emitted = []
+    cb = XASRankingCallback(feff_library, emit=lambda n, d: emitted.append((n, d)), config=CFG)
+    _run_scan(feff_library, cb, md={"plan_note": "not xas"})
+    assert emitted == []
+    assert cb.counts["runs_ignored"] == 1
+    assert cb.latest_ranking is None
+
+
+def test_exception_inside_callback_never_reaches_run_engine(feff_library, caplog):
+    def broken_emit(name, doc):
+        raise RuntimeError("tiled is down")
+
+    cb = XASRankingCallback(feff_library, emit=broken_emit, config=CFG)
+    with caplog.at_level(logging.ERROR):
+        raw = _run_scan(feff_library, cb)
+    assert raw[-1][0] == "stop" and raw[-1][1]["exit_status"] == "success"
+    assert cb.counts["emit_errors"] > 0
+    assert cb.latest_ranking.names[0] == feff_library.names[TRUE_INDEX]
+
+
+def test_library_from_start_document(feff_library, tmp_path, monkeypatch):
+    monkeypatch.setenv("XAS_USER_DIR", str(tmp_path))
+    path = feff_library.save(tmp_path / "lib.npz")
+    md = {"xas": _xas_md(candidates={"source": str(path),
+                                     "sha256": feff_library.provenance["candidates_sha256"]},
+                         model={"name": "feff9-computed"})}
+    cb = XASRankingCallback(None, config=CFG)
+    _run_scan(feff_library, cb, md=md)
+    assert cb.latest_ranking.names[0] == feff_library.names[TRUE_INDEX]
+
+
+# ---------------------------------------------------------------- fuzzing
+def _stream(lib, n=25, seed=0):
+    """A clean stream of real documents (event_model.compose_run) for a transmission run."""
+    rng = np.random.default_rng(seed)
+    bundle = compose_run(metadata={"xas": _xas_md()}, time=1000.0)
+    docs = [("start", bundle.start_doc)]
+    dk = {k: {"source": "sim", "dtype": "number", "shape": []} for k in ("energy", "I0", "It")}
+    desc = bundle.compose_descriptor(name="primary", data_keys=dk, time=1000.0)
+    docs.append(("descriptor", desc.descriptor_doc))
+    E = np.linspace(lib.energies[0] - 30, lib.energies[-1] - 10, n)
+    for i, e in enumerate(E):
+        mu = 0.2 + np.interp(e + SHIFT, lib.energies, lib.mean[TRUE_INDEX])
+        i0 = float(rng.poisson(1e5))
+        data = {"energy": float(e), "I0": i0, "It": float(rng.poisson(i0 * np.exp(-mu)))}
+        docs.append(("event", desc.compose_event(data=data, timestamps={k: 1000.0 + i for k in data},
+                                                 seq_num=i + 1, time=1000.0 + i)))
+    docs.append(("stop", bundle.compose_stop(time=2000.0)))
+    return docs
+
+
+_corruptions = st.sampled_from(
+    ["nan_i0", "zero_i0", "neg_it", "drop_field", "drop_data", "duplicate", "swap", "nan_energy",
+     "string_value", "unknown_descriptor", "array_value", "inf_it", "none_value"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(_corruptions, st.integers(0, 24)), max_size=12), st.booleans())
+def test_fuzzed_streams_never_raise_and_are_counted(feff_library, corruptions, as_pages):
+    docs = _stream(feff_library)
+    head, events, tail = docs[:2], [d for _, d in docs[2:-1]], docs[-1:]
+    for what, i in corruptions:
+        i = i % len(events)
+        ev = copy.deepcopy(events[i])
+        if what != "drop_data":
+            ev.setdefault("data", {})
+        if what == "nan_i0":
+            ev["data"]["I0"] = float("nan")
+        elif what == "zero_i0":
+            ev["data"]["I0"] = 0.0
+        elif what == "neg_it":
+            ev["data"]["It"] = -5.0
+        elif what == "drop_field":
+            ev.setdefault("data", {}).pop("It", None)
+        elif what == "drop_data":
+            ev.pop("data", None)
+        elif what == "nan_energy":
+            ev["data"]["energy"] = float("nan")
+        elif what == "string_value":
+            ev["data"]["I0"] = "oops"
+        elif what == "array_value":
+            ev["data"]["It"] = [1.0, 2.0]
+        elif what == "inf_it":
+            ev["data"]["It"] = float("inf")
+        elif what == "none_value":
+            ev["data"]["energy"] = None
+        elif what == "unknown_descriptor":
+            ev["descriptor"] = "no-such-descriptor"
+        if what == "duplicate":
+            events.insert(i, copy.deepcopy(events[i]))
+        elif what == "swap" and i + 1 < len(events):
+            events[i], events[i + 1] = events[i + 1], events[i]
+        else:
+            ev["uid"] = ev["uid"] + "-x"
+            events[i] = ev
+    if as_pages:
+        body = []
+        for ev in events:
+            try:
+                body.append(("event_page", pack_event_page(ev)))
+            except Exception:  # a page cannot hold an event without data: send it bare
+                body.append(("event", ev))
+    else:
+        body = [("event", ev) for ev in events]
+    emitted = []
+    cb = XASRankingCallback(feff_library, emit=lambda n, d: emitted.append((n, d)), config=CFG)
+    for n, d in head + body + tail:
+        cb(n, d)  # must never raise
+    counts = cb.summary["counts"]
+    assert counts.get("callback_errors", 0) == 0, counts
+    n_bad = sum(counts.get(k, 0) for k in ("bad_i0", "bad_counts", "missing_fields", "bad_energy",
+                                           "duplicates", "unknown_descriptor"))
+    # every event is either used or counted under exactly one reason
+    assert counts.get("points", 0) + n_bad == len(events), counts
+    expected_dups = sum(1 for w, _ in corruptions if w == "duplicate")
+    assert counts.get("duplicates", 0) >= expected_dups
+    assert emitted[-1][0] == "stop"
+    for n, d in emitted:
+        _validate(n, d)
