@@ -259,7 +259,9 @@ class GraphBuilder:
         tolerances = SYMPREC_FALLBACK if symprec is None else (symprec,)
         for tol in tolerances:
             try:
-                sym = SpacegroupAnalyzer(structure, symprec=tol).get_symmetrized_structure()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)  # spglib's error-handling notice
+                    sym = SpacegroupAnalyzer(structure, symprec=tol).get_symmetrized_structure()
             except Exception:  # spglib can fail on odd cells; try a looser tolerance
                 continue
             groups = [sorted(g) for g in sym.equivalent_indices if symbols[g[0]] == self.absorber]
