@@ -363,7 +363,8 @@ class CandidateLibrary:
         """The candidates named, in that order (unknown names go to failures)."""
         index = {n: i for i, n in enumerate(self.names)}
         keep = [n for n in names if n in index]
-        fail = dict(self.failures)
+        wanted = set(names)
+        fail = {n: r for n, r in self.failures.items() if n in wanted}
         fail.update({n: "not in library" for n in names if n not in index})
         rows = [index[n] for n in keep]
         return CandidateLibrary(keep, self.energies, self.mean[rows], self.std[rows], fail,

@@ -1,0 +1,255 @@
+"""``xas-rank``: rank candidate structures against a measured spectrum file.
+
+::
+
+    xas-rank SPECTRUM --candidates PATH [--model NAME] [--json FILE] [--plot PNG]
+
+SPECTRUM: an XDI file (raw ``i0``/``itrans``/``ifluor``/``irefer`` counts or a ``mu*`` column),
+an Athena project (``.prj``, via ``larch.io.read_athena``) or two-column text (energy, mu).
+PATH: a FEFF materials folder (computed spectra, no model needed), a folder of structure files,
+a SMILES file or a saved library ``.npz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from xas_callbacks.candidates import CandidateLibrary
+from xas_callbacks.normalize import mu_from_counts, normalize
+from xas_callbacks.ranking import RankingConfig, RankingEngine
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["main", "read_spectrum", "rank_spectrum", "noise_variance"]
+
+_COUNT_ALIASES = {
+    "i0": ("i0", "izero"),
+    "it": ("itrans", "it", "i1", "itrans1"),
+    "ir": ("irefer", "iref", "ir", "i2"),
+    "if": ("ifluor", "if", "ifl", "fluor"),
+}
+
+
+def noise_variance(energy, mu) -> np.ndarray:
+    """Per-point variance estimated from the data when no counts are known: the robust scale
+    of second differences (white noise: var(d2) = 6 sigma^2)."""
+    mu = np.asarray(mu, dtype=float)
+    if mu.size < 5:
+        return np.full(mu.shape, 1e-6)
+    d2 = mu[:-2] - 2 * mu[1:-1] + mu[2:]
+    s = 1.4826 * np.median(np.abs(d2 - np.median(d2))) / np.sqrt(6.0)
+    return np.full(mu.shape, max(s, 1e-9) ** 2)
+
+
+def _read_xdi_columns(path: Path) -> tuple[dict, dict]:
+    """Columns of an XDI file by name, and the header fields."""
+    try:
+        from endstation.xdi import read_xdi  # the project's own reader, when present
+
+        res = read_xdi(path)
+        if isinstance(res, tuple) and len(res) == 2 and isinstance(res[0], dict):
+            return {k.lower(): np.asarray(v, dtype=float) for k, v in res[0].items()}, res[1]
+        if hasattr(res, "columns"):
+            cols = res.columns
+            return {k.lower(): np.asarray(v, dtype=float) for k, v in dict(cols).items()}, \
+                dict(getattr(res, "header", {}) or {})
+    except Exception:  # noqa: BLE001 -- fall back to the plain reader below
+        pass
+    names: dict[int, str] = {}
+    header: dict[str, str] = {}
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("#"):
+            m = re.match(r"#\s*([\w.]+)\s*:\s*(.*)", line)
+            if m:
+                header[m.group(1)] = m.group(2).strip()
+                c = re.match(r"Column\.(\d+)", m.group(1))
+                if c:
+                    names[int(c.group(1)) - 1] = m.group(2).split()[0].lower()
+            continue
+        parts = line.split()
+        if parts:
+            try:
+                rows.append([float(p) for p in parts])
+            except ValueError:
+                continue
+    width = min(len(r) for r in rows)
+    data = np.array([r[:width] for r in rows])
+    cols = {names.get(i, f"col{i + 1}"): data[:, i] for i in range(width)}
+    return cols, header
+
+
+def read_spectrum(path, mode: str | None = None, group: str | None = None) -> dict:
+    """Read a measured spectrum.
+
+    Returns
+    -------
+    dict
+        ``energy``, ``mu``, ``var`` (counting variance from raw counts, else estimated from
+        the data), ``mode`` (what was formed), ``source``, ``e0`` (from the header where given).
+    """
+    path = Path(path)
+    text_head = path.read_bytes()[:200]
+    if path.suffix.lower() == ".prj" or text_head.startswith(b"\x1f\x8b") or b"Athena project" in text_head:
+        from larch.io import read_athena
+
+        proj = read_athena(str(path), do_preedge=False, do_bkg=False, do_fft=False)
+        groups = [g for g in dir(proj) if not g.startswith("_")]
+        name = group if group else groups[0]
+        g = getattr(proj, name)
+        E = np.asarray(g.energy, dtype=float)
+        mu = np.asarray(g.mu, dtype=float)
+        return {"energy": E, "mu": mu, "var": noise_variance(E, mu), "mode": "athena:" + name,
+                "source": str(path), "e0": None}
+    first = text_head.decode(errors="replace")
+    if first.startswith("# XDI") or path.suffix.lower() == ".xdi":
+        cols, header = _read_xdi_columns(path)
+        E = cols.get("energy", next(iter(cols.values())))
+        found = {role: next((cols[a] for a in aliases if a in cols), None)
+                 for role, aliases in _COUNT_ALIASES.items()}
+        e0 = None
+        try:
+            import xraydb
+
+            sym = header.get("Element.symbol")
+            edge = header.get("Element.edge", "K")
+            if sym:
+                e0 = float(xraydb.xray_edge(sym, edge).energy)
+        except Exception:  # noqa: BLE001
+            pass
+        want = mode
+        if want is None:
+            want = "transmission" if found["i0"] is not None and found["it"] is not None else (
+                "fluorescence" if found["i0"] is not None and found["if"] is not None else None)
+        if want is not None and (found["i0"] is not None or want == "reference"):
+            mu, var, bad = mu_from_counts(want, i0=found["i0"], it=found["it"], ir=found["ir"],
+                                          if_=found["if"])
+            keep = ~bad
+            return {"energy": E[keep], "mu": mu[keep], "var": var[keep], "mode": want,
+                    "source": str(path), "e0": e0, "n_bad": int(bad.sum())}
+        mucol = next((k for k in cols if k.startswith("mu") or k == "xmu"), None)
+        if mucol is None:
+            raise ValueError(f"{path}: no i0/itrans/ifluor counts and no mu column in {list(cols)}")
+        mu = cols[mucol]
+        return {"energy": E, "mu": mu, "var": noise_variance(E, mu), "mode": mucol,
+                "source": str(path), "e0": e0}
+    data = np.loadtxt(path, comments="#", ndmin=2)
+    E, mu = data[:, 0], data[:, 1]
+    return {"energy": E, "mu": mu, "var": noise_variance(E, mu), "mode": "mu", "source": str(path),
+            "e0": None}
+
+
+def rank_spectrum(spectrum: dict, library: CandidateLibrary, config: RankingConfig | None = None,
+                  e0: float | None = None, dtype=np.float32):
+    """Normalise a measured spectrum and rank ``library`` against it.
+
+    Returns
+    -------
+    engine, result, normalization
+    """
+    E = np.asarray(spectrum["energy"], dtype=float)
+    order = np.argsort(E, kind="stable")
+    E, mu, var = E[order], np.asarray(spectrum["mu"])[order], np.asarray(spectrum["var"])[order]
+    nm = normalize(E, mu, e0 if e0 is not None else spectrum.get("e0"))
+    y, v = nm.apply(E, mu, var)
+    eng = RankingEngine(library.names, library.energies, library.mean, library.std,
+                        config=config, dtype=dtype)
+    eng.add_points(E, y, v)
+    return eng, eng.result(), nm
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xas-rank", description=__doc__.split("\n\n")[0])
+    p.add_argument("spectrum", help="measured spectrum: XDI, Athena .prj or two-column text")
+    p.add_argument("--candidates", required=True,
+                   help="FEFF materials folder, folder of structures, SMILES file or library .npz")
+    p.add_argument("--model", default="cu-k", help="predictor name or weights path (default cu-k)")
+    p.add_argument("--ids", nargs="*", help="only these candidate names")
+    p.add_argument("--json", dest="json_path", help="write the ranking as JSON here")
+    p.add_argument("--plot", dest="plot_path", help="write a PNG plot here")
+    p.add_argument("--mode", choices=["transmission", "fluorescence", "reference"])
+    p.add_argument("--group", help="group of an Athena project")
+    p.add_argument("--e0", type=float, help="edge energy for the normalisation")
+    p.add_argument("--offset-prior", nargs=2, type=float, metavar=("MEAN", "SD"),
+                   help="Gaussian prior of the common calibration offset (eV)")
+    p.add_argument("--offset-range", nargs=2, type=float, metavar=("MIN", "MAX"))
+    p.add_argument("--model-std", type=float, default=0.0,
+                   help="1-sigma given to computed spectra without their own (default 0)")
+    p.add_argument("--top", type=int, default=10, help="lines printed")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        spec = read_spectrum(args.spectrum, mode=args.mode, group=args.group)
+        cpath = Path(args.candidates)
+        kwargs = {"default_std": args.model_std} if cpath.is_dir() and any(
+            (p / "FEFF-XANES").is_dir() for p in list(cpath.iterdir())[:50]) else {}
+        library = CandidateLibrary.from_source(cpath, model=args.model, **kwargs)
+        if args.ids:
+            library = library.subset(args.ids)
+        if len(library) == 0:
+            raise ValueError(f"no candidate has a spectrum; failures: {library.failures}")
+        cfg_kw = {}
+        if args.offset_prior:
+            cfg_kw.update(offset_prior_mean=args.offset_prior[0], offset_prior_sd=args.offset_prior[1])
+        if args.offset_range:
+            cfg_kw.update(offset_min=args.offset_range[0], offset_max=args.offset_range[1])
+        eng, res, nm = rank_spectrum(spec, library, RankingConfig(**cfg_kw), e0=args.e0)
+    except (OSError, ValueError) as exc:
+        print(f"xas-rank: error: {exc}", file=sys.stderr)
+        return 2
+    out = res.as_dict()
+    out.update({
+        "spectrum": str(args.spectrum),
+        "spectrum_mode": spec["mode"],
+        "normalization": {"e0": nm.e0, "edge_step": nm.edge_step, "method": nm.method},
+        "n_points_outside_model_range": int(eng.n_outside),
+        "failures": library.failures,
+        "provenance": library.provenance,
+    })
+    for i, item in enumerate(out["ranking"][: args.top]):
+        print(f"{i + 1:3d}  {item['name']:<28s} p={item['probability']:.4f}  "
+              f"logZ={item['log_evidence']:.2f}")
+    print(f"offset {res.offset_mean:+.2f} ± {res.offset_sd:.2f} eV, broadening "
+          f"{res.broadening_mean:.2f} eV, entropy {res.entropy:.3f}, {res.n_points} points"
+          + (f", {len(library.failures)} candidates failed" if library.failures else ""))
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(out, indent=1, default=_jsonable))
+    if args.plot_path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from xas_callbacks.plotting import plot_ranking
+
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        plot_ranking(eng, res, ax, top=3, title=f"{Path(args.spectrum).name}: offset "
+                     f"{res.offset_mean:+.2f} eV, broadening {res.broadening_mean:.1f} eV")
+        fig.tight_layout()
+        fig.savefig(args.plot_path, dpi=110)
+        plt.close(fig)
+    return 0
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
