@@ -193,11 +193,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec = read_spectrum(args.spectrum, mode=args.mode, group=args.group)
         cpath = Path(args.candidates)
-        kwargs = {"default_std": args.model_std} if cpath.is_dir() and any(
-            (p / "FEFF-XANES").is_dir() for p in list(cpath.iterdir())[:50]) else {}
-        library = CandidateLibrary.from_source(cpath, model=args.model, **kwargs)
-        if args.ids:
-            library = library.subset(args.ids)
+        is_feff = cpath.is_dir() and any((p / "FEFF-XANES").is_dir() for p in list(cpath.iterdir())[:50])
+        if is_feff:
+            library = CandidateLibrary.from_feff(cpath, ids=args.ids or None, default_std=args.model_std)
+        else:
+            library = CandidateLibrary.from_source(cpath, model=args.model)
+            if args.ids:
+                library = library.subset(args.ids)
         if len(library) == 0:
             raise ValueError(f"no candidate has a spectrum; failures: {library.failures}")
         cfg_kw = {}
