@@ -1,0 +1,255 @@
+"""Conventional XAFS step scan: ``xafs_scan``.
+
+Composed from Bluesky stubs and decorators like ``bluesky.plans.list_scan``; it adds a per-point
+dwell time, the ``XDI`` and ``xas`` start-document blocks of docs/architecture.md, and refuses
+an energy outside the positioner's limits before anything moves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping, Sequence
+from typing import Any
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+from bluesky.protocols import Movable, Readable
+from bluesky.utils import Msg
+
+from .grids import EnergyGrid, make_grid
+
+__all__ = ["xafs_scan", "check_limits", "detector_roles", "DEFAULT_ROLES"]
+
+#: Default role -> data key map (the simulated endstation's names).
+DEFAULT_ROLES = {"i0": "I0", "it": "It", "ir": "Ir", "if": "If"}
+
+_MODES = ("transmission", "fluorescence")
+
+
+def check_limits(energy: Any, energies: Sequence[float]) -> None:
+    """Raise ``ValueError`` naming the first energy outside ``energy.limits``.
+
+    Positioners whose limits are ``(0, 0)`` or equal (ophyd's "no limits") are not checked.
+    """
+    limits = getattr(energy, "limits", None)
+    if not limits:
+        return
+    low, high = float(limits[0]), float(limits[1])
+    if not low < high:
+        return
+    for value in energies:
+        if not (low <= float(value) <= high):
+            raise ValueError(
+                f"xafs_scan: energy {float(value):.3f} eV is outside the limits of "
+                f"{getattr(energy, 'name', energy)!r} [{low:g}, {high:g}] eV; nothing was moved"
+            )
+
+
+def _data_keys(obj: Any) -> list[str]:
+    hints = getattr(obj, "hints", None) or {}
+    fields = list(hints.get("fields", []))
+    name = getattr(obj, "name", None)
+    return fields + ([name] if name else [])
+
+
+def detector_roles(detectors: Sequence[Any], roles: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Role -> data key map of ``detectors`` (``xas.detectors`` of the start document).
+
+    With ``roles`` given, every data key it names must belong to one of ``detectors``;
+    otherwise the :data:`DEFAULT_ROLES` whose data keys are present are used.
+    """
+    present = {key for det in detectors for key in _data_keys(det)}
+    if roles is not None:
+        unknown = sorted(set(roles) - set(DEFAULT_ROLES))
+        if unknown:
+            raise ValueError(f"xafs_scan: unknown detector roles {unknown}; roles are {sorted(DEFAULT_ROLES)}")
+        missing = {role: key for role, key in roles.items() if key not in present}
+        if missing:
+            raise ValueError(
+                f"xafs_scan: roles {missing} name data keys that none of the detectors provides "
+                f"(have {sorted(present)})"
+            )
+        return dict(roles)
+    return {role: key for role, key in DEFAULT_ROLES.items() if key in present}
+
+
+def _find_dwell(detectors: Sequence[Any], dwell_time: Movable | None) -> Any:
+    if dwell_time is not None:
+        return dwell_time
+    for det in detectors:
+        if getattr(det, "name", None) == "dwell_time":
+            return det
+    for det in detectors:
+        candidate = getattr(det, "dwell_time", None)
+        if candidate is not None and hasattr(candidate, "set"):
+            return candidate
+    raise ValueError(
+        "xafs_scan: no dwell-time signal found among the detectors (named 'dwell_time' or a "
+        "'dwell_time' attribute); pass dwell_time=<settable signal>"
+    )
+
+
+def _mono_md(energy: Any) -> dict[str, Any]:
+    mono: dict[str, Any] = {}
+    for attr, key in (("crystal", "name"), ("d_spacing", "d_spacing")):
+        sig = getattr(energy, attr, None)
+        if sig is not None and hasattr(sig, "get"):
+            try:
+                mono[key] = sig.get()
+            except Exception:  # a disconnected EPICS PV must not stop the scan's metadata
+                continue
+    return mono
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``base`` updated by ``extra``; the ``XDI`` and ``xas`` blocks are merged by family/key."""
+    out = dict(base)
+    for key, value in (extra or {}).items():
+        if key in ("XDI", "xas") and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            block = dict(out[key])
+            for sub, subvalue in value.items():
+                if isinstance(subvalue, Mapping) and isinstance(block.get(sub), Mapping):
+                    block[sub] = {**block[sub], **subvalue}
+                else:
+                    block[sub] = subvalue
+            out[key] = block
+        else:
+            out[key] = value
+    return out
+
+
+def xafs_scan(
+    detectors: Sequence[Readable],
+    energy: Movable,
+    *,
+    element: str,
+    edge: str,
+    grid: Mapping[str, Any] | EnergyGrid | None = None,
+    e0: float | None = None,
+    mode: str = "transmission",
+    dwell_time: Movable | None = None,
+    roles: Mapping[str, str] | None = None,
+    md: Mapping[str, Any] | None = None,
+) -> Generator[Msg, Any, str]:
+    """Conventional XAFS step scan over a grid relative to E0.
+
+    At each point: checkpoint, set the dwell time and move the mono together, trigger and
+    read the detectors and the mono.  The grid, E0, mode and limits are checked when the plan
+    is made, so bad input raises before anything moves.
+
+    Parameters
+    ----------
+    detectors : list
+        Readables, e.g. ``[I0, It, Ir, If, dwell_time]``.
+    energy : Movable
+        Monochromator energy positioner (eV); its ``limits`` are checked for every point.
+    element, edge : str
+        Absorber and edge, e.g. ``"Cu"``, ``"K"`` (xraydb must know them).
+    grid : mapping or EnergyGrid, optional
+        ``{"bounds": "-200 -30 -10 25 13k", "steps": "10 2 0.3 0.05k",
+        "times": "0.5 0.5 0.5 0.25k"}`` (the default) -- see :mod:`plans.grids`.
+    e0 : float, optional
+        Edge energy (eV); default the tabulated one.
+    mode : {"transmission", "fluorescence"}
+        Which mu(E) the run is for (recorded in ``xas.mode``).
+    dwell_time : Movable, optional
+        Counting-time signal set before each point; default the detector named
+        ``dwell_time`` or a detector's ``dwell_time`` attribute.
+    roles : mapping, optional
+        Role -> data key (``i0``, ``it``, ``ir``, ``if``); default by the endstation's names.
+    md : dict, optional
+        Metadata; its ``XDI`` and ``xas`` blocks are merged into the plan's by family/key.
+
+    Yields
+    ------
+    msg : Msg
+        Messages for the RunEngine.
+
+    Returns
+    -------
+    uid : str
+        The run's uid.
+
+    Raises
+    ------
+    ValueError
+        Unknown element/edge, a bad grid, an unknown mode, a missing detector role, or an energy
+        outside the positioner's limits (naming the energy and the limits).
+
+    See Also
+    --------
+    bluesky.plans.list_scan
+    plans.grids.parse_grid
+    """
+    if mode not in _MODES:
+        raise ValueError(f"xafs_scan: mode must be one of {_MODES}, got {mode!r}")
+    the_grid = make_grid(element, edge, grid, e0=e0)
+    check_limits(energy, the_grid.energies)
+    role_map = detector_roles(detectors, roles)
+    needed = ("i0", "it") if mode == "transmission" else ("i0", "if")
+    lacking = [role for role in needed if role not in role_map]
+    if lacking:
+        raise ValueError(
+            f"xafs_scan: mode {mode!r} needs detector roles {list(needed)}; missing {lacking} "
+            f"(found {role_map}); pass roles={{...}}"
+        )
+    dwell = _find_dwell(detectors, dwell_time)
+    energy_field = _data_keys(energy)[0]
+    readables = list(detectors)
+    if dwell not in readables:
+        readables.append(dwell)
+    if energy not in readables:
+        readables.append(energy)
+
+    energies = [float(x) for x in the_grid.energies]
+    dwells = [float(x) for x in the_grid.dwell]
+    symbol = element.strip()
+    xdi: dict[str, Any] = {
+        "Element": {"symbol": symbol, "edge": edge.strip()},
+        "Scan": {"edge_energy": the_grid.e0},
+    }
+    mono = _mono_md(energy)
+    if mono:
+        xdi["Mono"] = mono
+    xas_md: dict[str, Any] = {
+        "element": symbol,
+        "edge": edge.strip(),
+        "e0": the_grid.e0,
+        "mode": mode,
+        "energy_field": energy_field,
+        "detectors": role_map,
+        "dwell_field": getattr(dwell, "name", "dwell_time"),
+        "grid": {**the_grid.spec, "num_points": len(energies)},
+    }
+    _md = {
+        "detectors": [det.name for det in detectors],
+        "motors": [energy.name],
+        "num_points": len(energies),
+        "num_intervals": len(energies) - 1,
+        "plan_name": "xafs_scan",
+        "plan_args": {
+            "detectors": list(map(repr, detectors)),
+            "energy": repr(energy),
+            "element": element,
+            "edge": edge,
+            "grid": dict(the_grid.spec),
+            "e0": e0,
+            "mode": mode,
+        },
+        "plan_pattern": "array",
+        "plan_pattern_module": "numpy",
+        "plan_pattern_args": {"object": energies},
+        "XDI": xdi,
+        "xas": xas_md,
+        "hints": {"dimensions": [([energy_field], "primary")]},
+    }
+    _md = _merge(_md, md)
+
+    @bpp.stage_decorator(readables)
+    @bpp.run_decorator(md=_md)
+    def inner_xafs_scan() -> Generator[Msg, Any, None]:
+        for point, seconds in zip(energies, dwells):
+            yield from bps.checkpoint()
+            yield from bps.mv(energy, point, dwell, seconds)
+            yield from bps.trigger_and_read(readables)
+
+    return inner_xafs_scan()
