@@ -23,6 +23,11 @@ from pymatgen.core import Element, Molecule, Structure
 
 #: Atoms closer than this (Angstrom) are treated as overlapping: the structure is rejected.
 MIN_DISTANCE = 0.5
+#: Edges FEFF knows (its EDGE card); anything else is rejected before FEFF silently runs a K edge.
+EDGES = frozenset(
+    ["K", "L1", "L2", "L3", "M1", "M2", "M3", "M4", "M5", "N1", "N2", "N3", "N4", "N5", "N6", "N7",
+     "O1", "O2", "O3", "O4", "O5", "O6", "O7", "P1", "P2", "P3", "NO"]
+)
 
 
 class FeffInputError(ValueError):
@@ -166,6 +171,7 @@ def _check_overlaps(structure: Structure | Molecule, label: str) -> None:
 
 
 def _feff_input(
+    label: str,
     title: list[str],
     absorber_symbol: str,
     neighbours: Sequence[tuple[str, np.ndarray]],
@@ -176,6 +182,8 @@ def _feff_input(
     appearance among the neighbours."""
     import feff10
 
+    if cards.edge is not None and str(cards.edge).upper() not in EDGES:
+        raise FeffInputError(f"{label}: unknown EDGE {cards.edge!r} (expected one of K, L1, L2, L3, M1..M5, ...)")
     ipots: dict[str, int] = {}
     for symbol, _ in neighbours:
         ipots.setdefault(symbol, len(ipots) + 1)
@@ -228,7 +236,7 @@ def molecule_site_input(
     neighbours = [
         (site.specie.symbol, coords[i] - origin) for i, site in enumerate(molecule) if i != site_index
     ]
-    return _feff_input([f"{label} {absorber} site {site_index}"], absorber, neighbours, cards)
+    return _feff_input(label, [f"{label} {absorber} site {site_index}"], absorber, neighbours, cards)
 
 
 def molecule_inputs(
@@ -308,7 +316,7 @@ def crystal_site_input(
         )
     neighbours = [(sym, vec) for _, sym, _, vec in rel]
     title = [f"{label} {absorber} site {site_index} cluster {cluster_radius:g} A"]
-    return _feff_input(title, absorber, neighbours, cards)
+    return _feff_input(label, title, absorber, neighbours, cards)
 
 
 def crystal_inputs(
