@@ -58,13 +58,26 @@ def pairwise_information_gain(mean: np.ndarray, var: np.ndarray, weights: np.nda
     ndarray, shape (M,)
         ``-sum_i p_i log sum_j p_j exp(-D_ij)``, zero where all candidates predict the same.
     """
-    mean = np.asarray(mean, dtype=float)
-    var = np.asarray(var, dtype=float)
-    p = np.asarray(weights, dtype=float)
-    p = p / p.sum()
-    distance = bhattacharyya_distance(mean[:, None, :], var[:, None, :], mean[None, :, :], var[None, :, :])
-    inner = np.einsum("j,ijm->im", p, np.exp(-distance))
-    return np.maximum(-(p[:, None] * np.log(inner)).sum(axis=0), 0.0)
+    # float32 and one logarithm per pair: this is the hot loop of every decision (K^2 M terms).
+    mean = np.asarray(mean, dtype=np.float32)
+    var = np.asarray(var, dtype=np.float32)
+    p = np.asarray(weights, dtype=np.float64)
+    p = (p / p.sum()).astype(np.float32)
+    log_var = np.log(var)
+    var_sum = var[:, None, :] + var[None, :, :]
+    distance = np.square(mean[:, None, :] - mean[None, :, :])
+    distance *= 0.25
+    distance /= var_sum
+    np.log(var_sum, out=var_sum)
+    var_sum -= np.float32(np.log(2.0))
+    var_sum *= 0.5
+    distance += var_sum
+    distance -= 0.25 * (log_var[:, None, :] + log_var[None, :, :])
+    np.negative(distance, out=distance)
+    np.exp(distance, out=distance)
+    inner = np.einsum("j,ijm->im", p, distance)
+    gain = -(p[:, None] * np.log(inner)).sum(axis=0, dtype=np.float64)
+    return np.maximum(gain, 0.0)
 
 
 def beam_time_cost(
@@ -81,22 +94,30 @@ def beam_time_cost(
     return dwell_s + settle_s + np.abs(energies - current_energy) / mono_speed_eV_per_s
 
 
-def _shift_and_broaden(grid, spectra, offset_eV, fwhm_eV, at):
-    """Model spectra broadened by ``fwhm_eV`` (Gaussian) and read at measured energies ``at``.
+def _broaden(grid: np.ndarray, spectra: np.ndarray, fwhm_eV: float) -> np.ndarray:
+    """Spectra on ``grid`` convolved with a Gaussian of ``fwhm_eV`` (edge values extended)."""
+    if fwhm_eV <= 0:
+        return spectra
+    step = float(np.median(np.diff(grid)))
+    sigma_pts = fwhm_eV / (2.0 * np.sqrt(2.0 * np.log(2.0))) / step
+    half = int(np.ceil(4 * sigma_pts))
+    kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma_pts) ** 2)
+    kernel /= kernel.sum()
+    padded = np.pad(spectra, ((0, 0), (half, half)), mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, kernel.size, axis=1)
+    return windows @ kernel
+
+
+def _read_at(grid: np.ndarray, spectra: np.ndarray, offset_eV: float, at: np.ndarray) -> np.ndarray:
+    """Spectra on ``grid`` read at measured energies ``at``.
 
     The convention is the ranking engine's: a reading at measured energy ``E`` sees the model at
     ``E + offset_eV``.
     """
-    spectra = np.atleast_2d(spectra)
-    if fwhm_eV > 0:
-        step = float(np.median(np.diff(grid)))
-        sigma_pts = fwhm_eV / (2.0 * np.sqrt(2.0 * np.log(2.0))) / step
-        half = int(np.ceil(4 * sigma_pts))
-        kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma_pts) ** 2)
-        kernel /= kernel.sum()
-        padded = np.pad(spectra, ((0, 0), (half, half)), mode="edge")
-        spectra = np.stack([np.convolve(row, kernel, mode="valid") for row in padded])
-    return np.stack([np.interp(at + offset_eV, grid, row) for row in spectra])
+    x = np.clip(np.asarray(at, dtype=float) + offset_eV, grid[0], grid[-1])
+    right = np.clip(np.searchsorted(grid, x), 1, grid.size - 1)
+    frac = (x - grid[right - 1]) / (grid[right] - grid[right - 1])
+    return spectra[:, right - 1] * (1.0 - frac) + spectra[:, right] * frac
 
 
 @dataclass
@@ -122,11 +143,15 @@ class EnergySelectionAgent:
     mono_speed_eV_per_s, settle_s : float
         Monochromator travel speed and settling time, so that far moves cost what they cost.
     top_k : int
-        How many of the leading candidates are compared (the rest carry negligible probability).
+        At most this many leading candidates are compared ...
+    mass : float
+        ... or fewer, once they hold this much of the posterior probability.
     min_separation_eV : float
         Suggested energies stay this far from each other and from energies already measured.
     step_eV : float
         Spacing of the energies considered.
+    coarse_step_eV : float
+        Spacing of the first, coarse pass of the search.
     confidence : float
         ``should_stop`` answers yes once the top candidate's probability reaches this.
     max_points : int or None
@@ -145,9 +170,11 @@ class EnergySelectionAgent:
         dwell_s: float = 1.0,
         mono_speed_eV_per_s: float = 50.0,
         settle_s: float = 0.2,
-        top_k: int = 12,
+        top_k: int = 32,
+        mass: float = 0.999,
         min_separation_eV: float = 0.5,
         step_eV: float = 0.25,
+        coarse_step_eV: float = 1.0,
         confidence: float = 0.95,
         max_points: int | None = None,
         default_sigma: float = 0.01,
@@ -165,8 +192,10 @@ class EnergySelectionAgent:
         self.mono_speed_eV_per_s = float(mono_speed_eV_per_s)
         self.settle_s = float(settle_s)
         self.top_k = int(top_k)
+        self.mass = float(mass)
         self.min_separation_eV = float(min_separation_eV)
         self.step_eV = float(step_eV)
+        self.coarse_step_eV = float(coarse_step_eV)
         self.confidence = float(confidence)
         self.max_points = max_points
         self.default_sigma = float(default_sigma)
@@ -204,7 +233,15 @@ class EnergySelectionAgent:
         """
         num_points = 1 if num_points is None else int(num_points)
         candidates = self._candidate_energies()
-        gain = self.information_gain(candidates)
+        # Gain varies on the scale of the spectra's features (eV): evaluate it on a coarse
+        # subset, then at full resolution only around the most promising coarse energies.
+        stride = max(1, int(round(self.coarse_step_eV / self.step_eV)))
+        coarse = np.arange(0, candidates.size, stride)
+        gain_coarse = self.information_gain(candidates[coarse])
+        best = coarse[np.argsort(gain_coarse)[::-1][: 4 * num_points + 4]]
+        near = np.unique(np.clip(best[:, None] + np.arange(-stride, stride + 1)[None, :], 0, candidates.size - 1))
+        gain = np.interp(np.arange(candidates.size), coarse, gain_coarse)
+        gain[near] = self.information_gain(candidates[near])
         self.last_gain = gain
         chosen: list[dict] = []
         current = self._measured.energy[-1] if self._measured.energy else None
@@ -247,33 +284,41 @@ class EnergySelectionAgent:
     def information_gain(self, energies: np.ndarray) -> np.ndarray:
         """Expected information (nats) of one reading at each of ``energies``."""
         energies = np.asarray(energies, dtype=float)
-        order = np.argsort(self.probabilities)[::-1][: self.top_k]
+        order = np.argsort(self.probabilities, kind="stable")[::-1][: self.top_k]
+        held = np.cumsum(self.probabilities[order])
+        order = order[: int(np.searchsorted(held, self.mass * held[-1])) + 1]
         weights = self.probabilities[order]
         if weights.sum() <= 0 or order.size < 2:
             return np.zeros(energies.size)
-        shifted = _shift_and_broaden(self.grid, self.mean[order], self.offset_eV, self.broadening_eV, energies)
-        model_std = _shift_and_broaden(self.grid, self.std[order], self.offset_eV, 0.0, energies)
-        scale, background = self._fit_scale(order)
+        broadened = _broaden(self.grid, self.mean[order], self.broadening_eV)
+        shifted = _read_at(self.grid, broadened, self.offset_eV, energies)
+        model_std = _read_at(self.grid, self.std[order], self.offset_eV, energies)
+        scale, background = self._fit_scale(broadened)
         mean = scale[:, None] * shifted + background[:, None]
         var = (scale[:, None] * model_std) ** 2 + self._expected_sigma() ** 2
         return pairwise_information_gain(mean, var, weights)
 
-    def _fit_scale(self, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Edge-step scale and background of each candidate fitted to the readings so far."""
-        n = order.size
+    def _fit_scale(self, spectra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Edge-step scale and background of each of ``spectra`` (model grid), weighted least
+        squares on the readings so far.
+
+        Candidates whose fit is degenerate or gives a non-positive scale keep (1, 0).
+        """
+        n = spectra.shape[0]
         energy = np.asarray(self._measured.energy)
         if energy.size < 3 or np.ptp(energy) <= 0:
             return np.ones(n), np.zeros(n)
-        value = np.asarray(self._measured.value)
+        y = np.asarray(self._measured.value)
         w = 1.0 / np.asarray(self._measured.sigma) ** 2
-        model = _shift_and_broaden(self.grid, self.mean[order], self.offset_eV, self.broadening_eV, energy)
-        scale, background = np.ones(n), np.zeros(n)
-        for i, m in enumerate(model):
-            design = np.stack([m, np.ones_like(m)], axis=1) * np.sqrt(w)[:, None]
-            coef, *_ = np.linalg.lstsq(design, value * np.sqrt(w), rcond=None)
-            if np.isfinite(coef).all() and coef[0] > 0:
-                scale[i], background[i] = coef
-        return scale, background
+        m = _read_at(self.grid, spectra, self.offset_eV, energy)
+        sw, swy = w.sum(), (w * y).sum()
+        swm, swmm, swmy = m @ w, (m * m) @ w, m @ (w * y)
+        det = sw * swmm - swm**2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = (sw * swmy - swm * swy) / det
+            background = (swy - scale * swm) / sw
+        good = np.isfinite(scale) & np.isfinite(background) & (scale > 0) & (np.abs(det) > 1e-12 * sw * swmm)
+        return np.where(good, scale, 1.0), np.where(good, background, 0.0)
 
     def _expected_sigma(self) -> float:
         if self._measured.sigma:

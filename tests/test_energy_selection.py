@@ -41,7 +41,7 @@ def test_information_gain_is_zero_where_candidates_agree_and_largest_where_they_
 def test_information_gain_vanishes_once_one_candidate_is_certain():
     mean, std = _two_candidates()
     gain = pairwise_information_gain(mean, std**2 + 0.01**2, np.array([1.0, 0.0]))
-    assert np.allclose(gain, 0.0, atol=1e-12)
+    assert np.allclose(gain, 0.0, atol=1e-5)  # float32 arithmetic: 1e-5 nats is nothing
 
 
 def test_agent_suggests_the_discriminating_energy_and_respects_the_shared_offset():
