@@ -72,7 +72,8 @@ class XASRankingCallback(DocumentRouter):
     use_larch : bool
         Use :func:`larch.xafs.pre_edge` for the live normalisation once enough points exist.
     dtype : numpy dtype
-        Precision of the ranking engine (see :class:`RankingEngine`).
+        Precision of the ranking engine's per-point arithmetic (float32 default: half the
+        memory traffic; totals are kept in float64, see :class:`RankingEngine`).
     """
 
     def __init__(
@@ -87,7 +88,7 @@ class XASRankingCallback(DocumentRouter):
         mode: str | None = None,
         renorm_rtol: float = 0.03,
         use_larch: bool = False,
-        dtype=np.float64,
+        dtype=np.float32,
     ) -> None:
         super().__init__()
         self.library = library

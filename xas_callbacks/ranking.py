@@ -64,6 +64,10 @@ class RankingConfig:
         Step (eV) of the uniform fine grid onto which candidates are resampled.
     pre_pad
         How far (eV) below the model grid a measured point may lie and still be used.
+    full_every, prune_eps
+        Between full evaluations (every ``full_every`` points) the posterior is evaluated only
+        on offsets/broadenings that held more than ``prune_eps`` of the maximum mass at the last
+        full one, plus two cells each side (see :meth:`RankingEngine.result`). 1: always full.
     """
 
     offset_min: float = -12.0
@@ -79,6 +83,8 @@ class RankingConfig:
     extrapolation_sd: float = 0.05
     grid_step: float = 0.5
     pre_pad: float = 40.0
+    full_every: int = 10
+    prune_eps: float = 1e-10
 
 
 @dataclass
@@ -321,6 +327,7 @@ class RankingEngine:
         self._buf = [np.empty((N, W, O), dtype=self._M.dtype) for _ in range(4)]
         self.n_points = 0
         self.n_outside = 0
+        self._active = None
         self._pts_E: list[float] = []
         self._pts_y: list[float] = []
         self._pts_v: list[float] = []
@@ -405,32 +412,77 @@ class RankingEngine:
         return np.array(self._pts_E), np.array(self._pts_y), np.array(self._pts_v)
 
     # --------------------------------------------------------------- posterior
-    def log_evidence_cells(self) -> np.ndarray:
-        """log p(y | c, dE, w) for every cell, shape (N, W, O)."""
+    def log_evidence_cells(self, sl_b: slice = slice(None), sl_o: slice = slice(None)) -> np.ndarray:
+        """log p(y | c, dE, w) for every cell, shape (N, W, O) (or the sub-grid given)."""
         cfg = self.config
         self._flush()
-        S = self._S
+        S = self._S[:, :, sl_b, sl_o]
         return linear_gaussian_log_evidence(
             S[0], S[1], S[2], S[3], S[4], S[5], S[6], self.n_points,
             cfg.amplitude_prior, cfg.background_prior,
         )
 
-    def result(self) -> RankingResult:
-        """The posterior over candidates, offset and broadening given the points so far."""
-        L = self.log_evidence_cells()
-        L = L + self._log_prior_offset[None, None, :] + self._log_prior_broadening[None, :, None]
-        # candidate evidence: marginalised over offset and broadening
-        logZ_c = _logsumexp(L.reshape(L.shape[0], -1), axis=1)
+    def _need_full(self) -> bool:
+        act = self._active
+        if act is None or self.config.full_every <= 1:
+            return True
+        return self.n_points - act["at"] >= self.config.full_every or act["edge_mass"] > 1e-7
+
+    def result(self, full: bool | None = None) -> RankingResult:
+        """The posterior over candidates, offset and broadening given the points so far.
+
+        Parameters
+        ----------
+        full : bool, optional
+            Evaluate every (offset, broadening) cell. By default the full grid is evaluated
+            every ``config.full_every`` points (and whenever posterior mass reaches the edge of
+            the active window); in between, only the offsets and broadenings that held
+            posterior mass above ``config.prune_eps`` at the last full evaluation (plus a margin)
+            are evaluated. The choice depends on the data only, so results stay deterministic.
+        """
+        cfg = self.config
+        if full is None:
+            full = self._need_full()
+        if full:
+            sl_b, sl_o = slice(0, self.broadenings.size), slice(0, self.offsets.size)
+        else:
+            sl_b, sl_o = self._active["b"], self._active["o"]
+        offsets = self.offsets[sl_o]
+        broadenings = self.broadenings[sl_b]
+        L = self.log_evidence_cells(sl_b, sl_o)
+        L += self._log_prior_offset[None, None, sl_o] + self._log_prior_broadening[None, sl_b, None]
+        N = L.shape[0]
+        # candidate evidence marginalised over offset and broadening: one exp pass
+        flat = L.reshape(N, -1)
+        mx = flat.max(axis=1)
+        mx = np.where(np.isfinite(mx), mx, 0.0)
+        ex = np.exp(flat - mx[:, None])
+        sums = ex.sum(axis=1)
+        logZ_c = np.log(sums) + mx
         joint = logZ_c + self._log_prior_cand
         total = _logsumexp(joint)
         post = np.exp(joint - total)
-        cell = np.exp(L - total + self._log_prior_cand[:, None, None])
-        p_off = cell.sum(axis=(0, 1))
-        p_b = cell.sum(axis=(0, 2))
-        p_off = p_off / p_off.sum()
-        p_b = p_b / p_b.sum()
-        off_mean = float(np.dot(p_off, self.offsets))
-        off_sd = float(np.sqrt(max(np.dot(p_off, (self.offsets - off_mean) ** 2), 0.0)))
+        # cell posterior = ex * exp(mx + prior_c - total)
+        scale = np.exp(mx + self._log_prior_cand - total)
+        cell = (ex * scale[:, None]).reshape(L.shape).sum(axis=0)  # (W, O) after summing c
+        p_off_act = cell.sum(axis=0)
+        p_b_act = cell.sum(axis=1)
+        p_off_act = p_off_act / p_off_act.sum()
+        p_b_act = p_b_act / p_b_act.sum()
+        p_off = np.zeros(self.offsets.size)
+        p_off[sl_o] = p_off_act
+        p_b = np.zeros(self.broadenings.size)
+        p_b[sl_b] = p_b_act
+        if full:
+            self._set_active(p_b, p_off)
+        else:
+            self._active["edge_mass"] = float(
+                (p_off_act[0] if sl_o.start > 0 else 0.0)
+                + (p_off_act[-1] if sl_o.stop < self.offsets.size else 0.0)
+                + (p_b_act[0] if sl_b.start > 0 else 0.0)
+                + (p_b_act[-1] if sl_b.stop < self.broadenings.size else 0.0))
+        off_mean = float(np.dot(p_off_act, offsets))
+        off_sd = float(np.sqrt(max(np.dot(p_off_act, (offsets - off_mean) ** 2), 0.0)))
         order = np.lexsort((np.arange(post.size), -post))  # stable, deterministic ties
         nz = post[post > 0]
         entropy = float(-np.sum(nz * np.log(nz)))
@@ -442,13 +494,24 @@ class RankingEngine:
             offset_mean=off_mean,
             offset_sd=off_sd,
             offset_map=float(self.offsets[int(np.argmax(p_off))]),
-            broadening_mean=float(np.dot(p_b, self.broadenings)),
+            broadening_mean=float(np.dot(p_b_act, broadenings)),
             broadening_map=float(self.broadenings[int(np.argmax(p_b))]),
             entropy=entropy,
             n_points=self.n_points,
             offset_posterior=p_off,
             broadening_posterior=p_b,
         )
+
+    def _set_active(self, p_b: np.ndarray, p_off: np.ndarray) -> None:
+        eps, margin = self.config.prune_eps, 2
+
+        def window(p):
+            idx = np.flatnonzero(p > eps * p.max())
+            if idx.size == 0:
+                return slice(0, p.size)
+            return slice(max(int(idx[0]) - margin, 0), min(int(idx[-1]) + margin + 1, p.size))
+
+        self._active = {"b": window(p_b), "o": window(p_off), "at": self.n_points, "edge_mass": 0.0}
 
     def model_at(self, index: int, energy, offset: float, broadening: float):
         """Candidate ``index`` mean and 1-sigma at measured ``energy`` for a given offset and
