@@ -415,8 +415,9 @@ class RankingEngine:
     def log_evidence_cells(self, sl_b: slice = slice(None), sl_o: slice = slice(None)) -> np.ndarray:
         """log p(y | c, dE, w) for every cell, shape (N, W, O) (or the sub-grid given)."""
         cfg = self.config
-        self._flush()
         S = self._S[:, :, sl_b, sl_o]
+        if self._Sblock is not self._S and self._n_block:
+            S = S + self._Sblock[:, :, sl_b, sl_o]  # float64 totals + open float32 block
         return linear_gaussian_log_evidence(
             S[0], S[1], S[2], S[3], S[4], S[5], S[6], self.n_points,
             cfg.amplitude_prior, cfg.background_prior,
