@@ -303,3 +303,21 @@ def test_qm9_order_reproduces_the_shared_o_set(qm9_o_k_jsonl):
     for d in released[:50]:
         m = first[d["qm9_index"]]
         assert list(m.elements) == d["elements"] and [list(x) for x in m.xyz] == d["xyz_angstrom"]
+
+
+def test_failures_are_kept_on_resume_and_dropped_for_retry(tmp_path):
+    # folder output: a crystal without the absorber fails before FEFF; a second batch skips it
+    job = FeffJob("cu2o-no-zn", cu2o(), "Zn")
+    first = run_batch([job], FolderSink(tmp_path), n_workers=1, progress=False)
+    assert "absorber Zn missing" in first.failed["cu2o-no-zn"]
+    assert "absorber Zn missing" in (tmp_path / "cu2o-no-zn" / "error.txt").read_text()
+    second = run_batch([job], FolderSink(tmp_path), n_workers=1, progress=False)
+    assert second.skipped_existing == 1 and not second.failed
+    # JSON lines: retrying removes the old error line before the job runs again
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"qm9_index": 1, "error": "FeffPipelineError: boom"}\n{"qm9_index": 2, "sites": []}\n')
+    sink = JsonlSink(path)
+    assert sink.failed == {"qm9-1"} and sink.done == {"qm9-2"}
+    sink.drop_failures(["qm9-1"])
+    assert [json.loads(x)["qm9_index"] for x in path.read_text().splitlines()] == [2]
+    assert JsonlSink(path).failed == set()

@@ -325,13 +325,6 @@ class JsonlSink:
         os.replace(tmp, self.path)
         self.failed -= drop
 
-    def existing_sites(self, job: FeffJob) -> set[int] | None:
-        """``None`` if the job has no output yet; else the set of sites already written
-        (for JSON lines the whole molecule is one unit)."""
-        if job.job_id in self.done or job.job_id in self.failed:
-            return set()  # sentinel understood by run_batch: the whole job exists
-        return None
-
     def _base(self, job: FeffJob) -> dict[str, Any]:
         mol = job.structure
         doc: dict[str, Any] = {}
@@ -398,6 +391,9 @@ class FolderSink:
         return out
 
     def drop_failures(self, job: FeffJob, sites: Iterable[int]) -> None:
+        """Remove the error files of ``sites`` (and of the job) so they are computed again."""
+        if self.job_error_exists(job):
+            (self.root / job.job_id / "error.txt").unlink()
         for s in sites:
             err = self.site_dir(job, s) / "error.txt"
             if err.is_file() and not (err.parent / "xmu.dat").is_file():
@@ -432,6 +428,10 @@ class FolderSink:
     def write_job_error(self, job: FeffJob, error: str) -> None:
         """A job that failed before any FEFF run (bad input): ``<id>/error.txt``."""
         _atomic_write(self.root / job.job_id / "error.txt", error + "\n")
+
+    def job_error_exists(self, job: FeffJob) -> bool:
+        """Whether the job failed before any FEFF run in an earlier batch."""
+        return (self.root / job.job_id / "error.txt").is_file()
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -653,8 +653,16 @@ def run_batch(
                     continue
                 if job.job_id in sink.failed:
                     sink.drop_failures([job.job_id])
+            if isinstance(sink, FolderSink) and sink.job_error_exists(job) and not retry_failed:
+                summary.skipped_existing += 1
+                bar.update(1)
+                continue
             try:
                 inputs = job.site_inputs()
+                if not inputs:
+                    raise FeffInputError(f"{job.job_id}: no {job.absorber} site to compute")
+                if isinstance(sink, FolderSink):
+                    sink.write_structure(job)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 summary.failed[job.job_id] = error
@@ -673,7 +681,6 @@ def run_batch(
                     summary.skipped_existing += 1
                     bar.update(1)
                     continue
-                sink.write_structure(job)
                 inputs = [s for s in inputs if s.site_index not in existing]
             state[job.job_id] = {
                 "job": job,
