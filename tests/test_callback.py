@@ -279,3 +279,28 @@ def test_headless_plot_is_saved_at_the_end_of_the_run(feff_library, tmp_path):
     assert plot.saved[0].name == f"rank-{raw[0][1]['uid'][:8]}.png"
     assert plot.saved[0].stat().st_size > 5000
     assert cb.summary["counts"].get("plot_errors", 0) == 0
+
+
+def test_endstation_xafs_scan_ranks_sample_first(feff_library):
+    """The project's simulated endstation and xafs_scan (time_scale 0), sample = one FEFF
+    candidate with a mono calibration offset."""
+    endstation = pytest.importorskip("endstation.devices")
+    sample_mod = pytest.importorskip("endstation.sample")
+    xafs = pytest.importorskip("plans.xafs")
+    sample = sample_mod.SimulatedSample.from_spectrum(
+        feff_library.energies, feff_library.mean[TRUE_INDEX], element="Cu", edge="K",
+        edge_step=0.8, name=feff_library.names[TRUE_INDEX])
+    es = endstation.make_endstation(sample, seed=11, time_scale=0.0, energy_offset=SHIFT)
+    grid = {"bounds": "-30 -5 30 135", "steps": "5 0.5 2", "times": "0.1 0.1 0.1"}
+    emitted = []
+    cb = XASRankingCallback(feff_library, emit=lambda n, d: emitted.append((n, d)), config=CFG)
+    RE = RunEngine({})
+    RE.subscribe(cb)
+    RE(xafs.xafs_scan([es.I0, es.It, es.dwell_time], es.energy, element="Cu", edge="K",
+                      grid=grid, e0=E0))
+    assert cb.summary["counts"].get("callback_errors", 0) == 0, cb.summary
+    res = cb.latest_ranking
+    assert res.names[0] == feff_library.names[TRUE_INDEX]
+    assert abs(res.offset_mean - SHIFT) < 0.5
+    for n, d in emitted:
+        _validate(n, d)

@@ -5,7 +5,9 @@ For runs whose start document carries the ``xas`` block (see docs/architecture.m
 mu(E) per point from the detector roles and the mode, normalises it, updates the posterior over
 candidates with each new point and publishes the ranking as a linked analysis run through
 ``emit(name, doc)``: start document with ``purpose="xas-ranking"``, ``parent_uid`` and
-provenance; stream ``ranking`` with one event per update.
+provenance; stream ``ranking`` with one event per update (top-k names, probabilities and
+log-evidences, offset and its sd, broadening, entropy, ``n_points`` used and the ``raw_seq_num``
+of the raw event the update answers).
 
 Nothing inside the callback ever propagates to the RunEngine: each exception is logged and
 counted. Bad input (NaN or zero I0, missing fields, duplicate or out-of-order events, events of
@@ -354,6 +356,7 @@ class XASRankingCallback(DocumentRouter):
             "broadening": {"source": "xas-ranking", "dtype": "number", "shape": [], "units": "eV"},
             "entropy": {"source": "xas-ranking", "dtype": "number", "shape": []},
             "n_points": {"source": "xas-ranking", "dtype": "integer", "shape": []},
+            "raw_seq_num": {"source": "xas-ranking", "dtype": "integer", "shape": []},
         }
         self._rank_desc = bundle.compose_descriptor(
             name="ranking", data_keys=data_keys, time=raw_start.get("time"),
@@ -381,6 +384,7 @@ class XASRankingCallback(DocumentRouter):
             "broadening": float(res.broadening_mean),
             "entropy": float(res.entropy),
             "n_points": int(res.n_points),
+            "raw_seq_num": int(ev.get("seq_num") or 0),
         }
         doc = self._rank_desc.compose_event(
             data=data, timestamps={key: t for key in data}, time=t,

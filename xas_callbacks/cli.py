@@ -58,9 +58,9 @@ def _read_xdi_columns(path: Path) -> tuple[dict, dict]:
         if isinstance(res, tuple) and len(res) == 2 and isinstance(res[0], dict):
             return {k.lower(): np.asarray(v, dtype=float) for k, v in res[0].items()}, res[1]
         if hasattr(res, "columns"):
-            cols = res.columns
-            return {k.lower(): np.asarray(v, dtype=float) for k, v in dict(cols).items()}, \
-                dict(getattr(res, "header", {}) or {})
+            header = {f"{fam}.{key}": val for fam, block in (getattr(res, "metadata", {}) or {}).items()
+                      if isinstance(block, dict) for key, val in block.items()}
+            return {k.lower(): np.asarray(v, dtype=float) for k, v in dict(res.columns).items()}, header
     except Exception:  # noqa: BLE001 -- fall back to the plain reader below
         pass
     names: dict[int, str] = {}
