@@ -33,14 +33,20 @@ class SiteDataset(list):
         (E,) energy grid of the targets ``y``.
     builder_config
         ``GraphBuilder.config()`` used.
+    incomplete
+        Record ids some of whose symmetry-distinct absorber sites have no spectrum in the data
+        (their weights were renormalised over the given sites); leave them out of
+        material-level metrics.
     """
 
     def __init__(self, graphs: Iterable[SiteGraph] = (), report: ReadReport | None = None,
-                 grid: np.ndarray | None = None, builder_config: dict | None = None):
+                 grid: np.ndarray | None = None, builder_config: dict | None = None,
+                 incomplete: Iterable[str] = ()):
         super().__init__(graphs)
         self.report = report if report is not None else ReadReport(source="")
         self.grid = grid
         self.builder_config = builder_config
+        self.incomplete = set(incomplete)
 
 
 def _group_of(groups: list[list[int]]) -> dict[int, int]:
@@ -131,7 +137,8 @@ def build_site_dataset(
         A list of graphs with ``y`` (1, E) float32, ``record_id`` (str), ``site_index`` (int,
         index in the record's structure), ``weight`` (1,) float32; ``.report`` lists skipped
         records with reasons (unsupported element, grid not covered, ...) and notes about
-        renormalised weights. A warning summarises any skips.
+        renormalised weights; ``.incomplete`` the ids of records missing some site spectra.
+        A warning summarises any skips.
     """
     grid = np.asarray(grid, dtype=float)
     report = ReadReport(source=f"site dataset ({builder.kind} {builder.absorber}, {len(grid)}-point grid)")
@@ -142,13 +149,14 @@ def build_site_dataset(
 
         iterator = tqdm(records, desc="graphs", unit="rec", leave=False)
     n_adjusted = 0
+    incomplete: list[str] = []
     for record in iterator:
         try:
             weights, note = site_weights(record, builder)
             targets = [resample(s.energy, s.mu, grid, tolerance) for s in record.sites]
             built = []
-            for site, w, y in zip(record.sites, weights, targets):
-                g = builder.site_graph(record.structure, site.site_index)
+            site_graphs = builder.site_graphs(record.structure, [s.site_index for s in record.sites])
+            for g, site, w, y in zip(site_graphs, record.sites, weights, targets):
                 g.y = torch.as_tensor(y, dtype=torch.float32).unsqueeze(0)
                 g.record_id = record.record_id
                 g.site_index = int(site.site_index)
@@ -161,6 +169,8 @@ def build_site_dataset(
         if note:
             n_adjusted += 1
             report.notes.append((record.source, f"weights adjusted: {note}"))
+            if "have no spectrum" in note:
+                incomplete.append(record.record_id)
         graphs.extend(built)
         report.n_read += 1
         report.n_sites += len(built)
@@ -171,7 +181,7 @@ def build_site_dataset(
             f"weights; see dataset.report:\n{report.summary()}",
             stacklevel=2,
         )
-    return SiteDataset(graphs, report, grid, builder.config())
+    return SiteDataset(graphs, report, grid, builder.config(), incomplete)
 
 
 def material_spectra(

@@ -29,6 +29,10 @@ EDGE_SMOOTH_EV = 0.5
 PEAK_TOLERANCES_EV = (1.0, 0.5)
 
 
+class GridCoverageError(ValueError):
+    """The requested grid extends beyond a spectrum by more than the padding tolerance."""
+
+
 def _as_energy(energy: np.ndarray, name: str = "energy") -> np.ndarray:
     energy = np.asarray(energy, dtype=float)
     if energy.ndim != 1 or energy.size < 2:
@@ -104,7 +108,7 @@ def resample(
     """Linear interpolation of ``mu(energy)`` onto ``grid``.
 
     Grid points up to ``tolerance`` eV outside the data take the nearest edge value; a grid
-    further outside raises ``ValueError`` saying by how much.
+    further outside raises :class:`GridCoverageError` (a ``ValueError``) saying by how much.
 
     Parameters
     ----------
@@ -130,7 +134,7 @@ def resample(
     below = energy[0] - grid.min()
     above = grid.max() - energy[-1]
     if below > tolerance or above > tolerance:
-        raise ValueError(
+        raise GridCoverageError(
             f"grid [{grid.min():.2f}, {grid.max():.2f}] eV extends beyond the spectrum "
             f"[{energy[0]:.2f}, {energy[-1]:.2f}] eV by "
             f"{max(below, above):.2f} eV (tolerance {tolerance} eV)"

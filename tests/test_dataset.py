@@ -43,6 +43,10 @@ def test_weights_follow_symmetry_and_sum_to_one():
     partial = SpectrumRecord("doped", structure, sites[:-1], "test")
     w2, note2 = site_weights(partial, builder)
     assert w2.sum() == pytest.approx(1.0) and "have no spectrum" in note2
+    grid = make_grid(8985, 9095, 30)
+    with pytest.warns(UserWarning, match="1 with adjusted weights"):
+        ds = build_site_dataset([partial], builder, grid, progress=False)
+    assert ds.incomplete == {"doped"} and len(ds) == len(groups) - 1
 
 
 def test_build_site_dataset_targets_weights_and_report():
@@ -61,7 +65,7 @@ def test_build_site_dataset_targets_weights_and_report():
     assert len(ds) == len(groups)
     assert ds.report.n_read == 1 and ds.report.n_sites == len(groups)
     reasons = dict(ds.report.skipped)
-    assert "extends beyond the spectrum" in reasons["src-b"]
+    assert reasons["src-b"].startswith("GridCoverageError") and "extends beyond the spectrum" in reasons["src-b"]
     assert reasons["src-c"].startswith("UnsupportedElementError") and "S not supported" in reasons["src-c"]
     g = ds[0]
     assert g.y.shape == (1, 111) and g.y.dtype == torch.float32
