@@ -21,17 +21,31 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
 
 def example_structures(predictor) -> list[str]:
-    """Shipped example structure files (``models/examples/``) that contain the model's absorber."""
-    files = sorted(p for p in EXAMPLES_DIR.iterdir() if p.is_file() and not p.name.startswith((".", "_"))
-                   and p.suffix.lower() not in (".md", ".txt", ".py", ".smi")) if EXAMPLES_DIR.exists() else []
-    smiles = []
-    for smi_file in sorted(EXAMPLES_DIR.glob("*.smi")) if EXAMPLES_DIR.exists() else []:
-        for line in smi_file.read_text().splitlines():
-            line = line.split("#")[0].strip()
-            if line:
-                smiles.append(line.split()[0])
-    candidates = [str(p) for p in files] + smiles
-    return candidates
+    """Shipped example structure files (``models/examples/``) that suit the model.
+
+    A file suits the model when it is of the model's kind (crystal or molecule) and holds the
+    absorbing element; the others belong to the other model and are left out.
+    """
+    from pymatgen.core import IStructure, Structure
+
+    from models.structures import StructureError, load_structure
+
+    if not EXAMPLES_DIR.exists():
+        return []
+    files = sorted(p for p in EXAMPLES_DIR.iterdir()
+                   if p.is_file() and not p.name.startswith((".", "_")) and p.suffix.lower() not in (".py", ".md", ".txt", ".pyc"))
+    chosen = []
+    for path in files:
+        try:
+            structure = load_structure(str(path))
+        except StructureError:
+            continue
+        is_crystal = isinstance(structure, (Structure, IStructure))
+        if is_crystal != (predictor.kind == "crystal"):
+            continue
+        if predictor.element in {el.symbol for el in structure.composition.elements}:
+            chosen.append(str(path))
+    return chosen
 
 
 def plot_prediction(prediction, path: str | Path, title: str = "") -> None:
@@ -106,7 +120,6 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     on_error = "skip" if args.skip_errors else "raise"
     if args.examples:
         items += example_structures(predictor)
-        on_error = "skip"  # examples for other absorbers are listed as skipped, not fatal
     if not items:
         print("xas-predict: give at least one structure or --examples", file=sys.stderr)
         return 2
