@@ -279,16 +279,18 @@ class RankingEngine:
             mfine[i] = np.interp(self.grid, energies, mean[i])
             vfine[i] = np.interp(self.grid, energies, std[i])
         vfine = vfine**2 + np.where(outside, cfg.extrapolation_sd**2, 0.0)[None, :]
-        self._M = np.empty((N, W, G), dtype=dtype)
-        self._V = np.empty((N, W, G), dtype=dtype)
+        # tables laid out (W, G, N): for one point the offsets are a contiguous (W, O, N) block,
+        # and every per-cell array below is (W, O, N) with candidates innermost
+        self._M = np.empty((W, G, N), dtype=dtype)
+        self._V = np.empty((W, G, N), dtype=dtype)
         for j, fw in enumerate(self.broadenings):
-            self._M[:, j] = gaussian_broaden_uniform(mfine, h, fw)
-            self._V[:, j] = gaussian_broaden_uniform(vfine, h, fw)
+            self._M[j] = gaussian_broaden_uniform(mfine, h, fw).T
+            self._V[j] = gaussian_broaden_uniform(vfine, h, fw).T
         # differences to the next grid point, for one-multiply linear interpolation
         self._dM = np.zeros_like(self._M)
-        self._dM[:, :, :-1] = np.diff(self._M, axis=-1)
+        self._dM[:, :-1] = np.diff(self._M, axis=1)
         self._dV = np.zeros_like(self._V)
-        self._dV[:, :, :-1] = np.diff(self._V, axis=-1)
+        self._dV[:, :-1] = np.diff(self._V, axis=1)
 
         # priors
         lp_off = -0.5 * ((self.offsets - cfg.offset_prior_mean) / cfg.offset_prior_sd) ** 2
@@ -313,18 +315,18 @@ class RankingEngine:
 
     def reset(self) -> None:
         """Forget all points."""
-        N, W, _ = self._M.shape
+        W, _, N = self._M.shape
         O = self.offsets.size
         # stats: Sw, Sm, Smm, Sy, Smy, Syy, Slogw
-        self._S = np.zeros((7, N, W, O))
+        self._S = np.zeros((7, W, O, N))
         if self._M.dtype == np.float64:
             self._Sblock = self._S
             self._flush_every = 1 << 62
         else:  # low-precision partial sums over short blocks, flushed into float64 totals
-            self._Sblock = np.zeros((7, N, W, O), dtype=self._M.dtype)
+            self._Sblock = np.zeros((7, W, O, N), dtype=self._M.dtype)
             self._flush_every = 16
         self._n_block = 0
-        self._buf = [np.empty((N, W, O), dtype=self._M.dtype) for _ in range(4)]
+        self._buf = [np.empty((W, O, N), dtype=self._M.dtype) for _ in range(4)]
         self.n_points = 0
         self.n_outside = 0
         self._active = None
@@ -356,10 +358,10 @@ class RankingEngine:
         s = self._stride
         sl = slice(j, j + s * (self.offsets.size - 1) + 1, s)
         m, v, w, tmp = self._buf
-        np.multiply(self._dM[:, :, sl], t, out=m)
-        m += self._M[:, :, sl]
-        np.multiply(self._dV[:, :, sl], t, out=v)
-        v += self._V[:, :, sl]
+        np.multiply(self._dM[:, sl], t, out=m)
+        m += self._M[:, sl]
+        np.multiply(self._dV[:, sl], t, out=v)
+        v += self._V[:, sl]
         v += dt(var + self.config.model_floor**2)
         np.reciprocal(v, out=w)
         S = self._Sblock
@@ -414,10 +416,14 @@ class RankingEngine:
     # --------------------------------------------------------------- posterior
     def log_evidence_cells(self, sl_b: slice = slice(None), sl_o: slice = slice(None)) -> np.ndarray:
         """log p(y | c, dE, w) for every cell, shape (N, W, O) (or the sub-grid given)."""
+        return np.moveaxis(self._log_evidence_won(sl_b, sl_o), -1, 0)
+
+    def _log_evidence_won(self, sl_b: slice, sl_o: slice) -> np.ndarray:
+        """As :meth:`log_evidence_cells`, laid out (W, O, N)."""
         cfg = self.config
-        S = self._S[:, :, sl_b, sl_o]
+        S = self._S[:, sl_b, sl_o]
         if self._Sblock is not self._S and self._n_block:
-            S = S + self._Sblock[:, :, sl_b, sl_o]  # float64 totals + open float32 block
+            S = S + self._Sblock[:, sl_b, sl_o]  # float64 totals + open float32 block
         return linear_gaussian_log_evidence(
             S[0], S[1], S[2], S[3], S[4], S[5], S[6], self.n_points,
             cfg.amplitude_prior, cfg.background_prior,
@@ -450,22 +456,22 @@ class RankingEngine:
             sl_b, sl_o = self._active["b"], self._active["o"]
         offsets = self.offsets[sl_o]
         broadenings = self.broadenings[sl_b]
-        L = self.log_evidence_cells(sl_b, sl_o)
-        L += self._log_prior_offset[None, None, sl_o] + self._log_prior_broadening[None, sl_b, None]
-        N = L.shape[0]
+        L = self._log_evidence_won(sl_b, sl_o)  # (W, O, N)
+        L += (self._log_prior_offset[sl_o][None, :] + self._log_prior_broadening[sl_b][:, None])[:, :, None]
+        N = L.shape[-1]
         # candidate evidence marginalised over offset and broadening: one exp pass
-        flat = L.reshape(N, -1)
-        mx = flat.max(axis=1)
+        flat = L.reshape(-1, N)
+        mx = flat.max(axis=0)
         mx = np.where(np.isfinite(mx), mx, 0.0)
-        ex = np.exp(flat - mx[:, None])
-        sums = ex.sum(axis=1)
+        ex = np.exp(flat - mx[None, :])
+        sums = ex.sum(axis=0)
         logZ_c = np.log(sums) + mx
         joint = logZ_c + self._log_prior_cand
         total = _logsumexp(joint)
         post = np.exp(joint - total)
         # cell posterior = ex * exp(mx + prior_c - total)
         scale = np.exp(mx + self._log_prior_cand - total)
-        cell = (ex * scale[:, None]).reshape(L.shape).sum(axis=0)  # (W, O) after summing c
+        cell = (ex * scale[None, :]).sum(axis=1).reshape(L.shape[:2])  # (W, O), summed over c
         p_off_act = cell.sum(axis=0)
         p_b_act = cell.sum(axis=1)
         p_off_act = p_off_act / p_off_act.sum()
@@ -519,8 +525,8 @@ class RankingEngine:
         broadening (nearest grid broadening), for plots."""
         jb = int(np.argmin(np.abs(self.broadenings - broadening)))
         e = np.asarray(energy, dtype=float) + offset
-        m = np.interp(e, self.grid, self._M[index, jb])
-        v = np.interp(e, self.grid, self._V[index, jb])
+        m = np.interp(e, self.grid, self._M[jb, :, index])
+        v = np.interp(e, self.grid, self._V[jb, :, index])
         return m, np.sqrt(np.maximum(v, 0.0))
 
     def best_fit(self, index: int, offset: float, broadening: float):
