@@ -10,14 +10,19 @@ about, never dropped silently.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import warnings
 from collections import OrderedDict
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from models.graphs import SYMPREC_FALLBACK, GraphBuilder, SiteGraph
+from models.graphs import SYMPREC_FALLBACK, GraphBuilder, SiteGraph, _species_symbols
+from models.paths import user_data_dir
 from models.readers import ReadReport, SpectrumRecord
 from models.spectra import PAD_TOLERANCE_EV, resample
 
@@ -113,6 +118,7 @@ def build_site_dataset(
     grid: np.ndarray,
     progress: bool = True,
     tolerance: float = PAD_TOLERANCE_EV,
+    cache: bool | str | os.PathLike = False,
 ) -> SiteDataset:
     """One :class:`SiteGraph` per site spectrum, with targets resampled on ``grid``.
 
@@ -130,6 +136,12 @@ def build_site_dataset(
     tolerance
         Passed to :func:`~models.spectra.resample`: spectra not covering ``grid`` within it
         are skipped (whole record, as its material spectrum would be incomplete).
+    cache
+        ``True``: keep the built dataset under ``user_data_dir()/cache``; a folder: keep it
+        there. The file is keyed by a SHA-256 of the records' contents (ids, structures,
+        spectra), the builder config, the grid and the tolerance, and holds only tensors, lists
+        and strings (loaded with ``torch.load(weights_only=True)``); node and edge features are
+        recomputed from element indices and distances on loading, so it stays small.
 
     Returns
     -------
@@ -141,6 +153,15 @@ def build_site_dataset(
         A warning summarises any skips.
     """
     grid = np.asarray(grid, dtype=float)
+    cache_path = None
+    if cache:
+        folder = Path(cache) if not isinstance(cache, bool) else user_data_dir() / "cache"
+        cache_path = folder / f"sites-{_dataset_key(records, builder, grid, tolerance)}.pt"
+        if cache_path.is_file():
+            try:
+                return load_site_dataset(cache_path, builder)
+            except Exception as exc:  # stale or damaged file: rebuild, but say so
+                warnings.warn(f"ignoring unreadable dataset cache {cache_path}: {exc}", stacklevel=2)
     report = ReadReport(source=f"site dataset ({builder.kind} {builder.absorber}, {len(grid)}-point grid)")
     graphs: list[SiteGraph] = []
     iterator: Iterable = records
@@ -181,7 +202,10 @@ def build_site_dataset(
             f"weights; see dataset.report:\n{report.summary()}",
             stacklevel=2,
         )
-    return SiteDataset(graphs, report, grid, builder.config(), incomplete)
+    dataset = SiteDataset(graphs, report, grid, builder.config(), incomplete)
+    if cache_path is not None:
+        save_site_dataset(dataset, builder, cache_path)
+    return dataset
 
 
 def material_spectra(
@@ -232,3 +256,119 @@ def record_spectrum(record: SpectrumRecord, builder: GraphBuilder, grid: np.ndar
     weights, _ = site_weights(record, builder)
     ys = np.stack([resample(s.energy, s.mu, grid) for s in record.sites])
     return weights @ ys
+
+
+#: Bump when the cached layout or the graph construction changes.
+CACHE_VERSION = 1
+
+
+def _dataset_key(records: Sequence[SpectrumRecord], builder: GraphBuilder, grid: np.ndarray, tolerance: float) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"v": CACHE_VERSION, "builder": builder.config(), "tol": tolerance}, sort_keys=True).encode())
+    h.update(np.ascontiguousarray(grid, dtype=np.float64).tobytes())
+    for rec in records:
+        st = rec.structure
+        try:
+            symbols = _species_symbols(st)
+        except ValueError:
+            symbols = [site.species_string for site in st]
+        h.update(f"|{rec.record_id}|{rec.source}|{','.join(symbols)}|".encode())
+        if hasattr(st, "lattice"):
+            h.update(np.ascontiguousarray(st.lattice.matrix, dtype=np.float64).tobytes())
+            h.update(np.ascontiguousarray(st.frac_coords, dtype=np.float64).tobytes())
+        else:
+            h.update(np.ascontiguousarray(st.cart_coords, dtype=np.float64).tobytes())
+        for site in rec.sites:
+            h.update(str(site.site_index).encode())
+            h.update(np.ascontiguousarray(site.energy, dtype=np.float64).tobytes())
+            h.update(np.ascontiguousarray(site.mu, dtype=np.float64).tobytes())
+    return h.hexdigest()[:32]
+
+
+def save_site_dataset(dataset: SiteDataset, builder: GraphBuilder, path: str | os.PathLike) -> Path:
+    """Write ``dataset`` compactly (element indices and distances, no feature matrices)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n_el = len(builder.elements)
+    def cat(tensors, empty, dim=0):
+        return torch.cat(tensors, dim=dim) if tensors else empty
+    payload = {
+        "version": CACHE_VERSION,
+        "builder_config": json.dumps(builder.config(), sort_keys=True),
+        "grid": torch.as_tensor(np.asarray(dataset.grid, dtype=np.float64)),
+        "num_nodes": torch.tensor([g.num_nodes for g in dataset], dtype=torch.long),
+        "num_edges": torch.tensor([g.num_edges for g in dataset], dtype=torch.long),
+        "species": cat([g.x[:, :n_el].argmax(1).to(torch.int16) for g in dataset], torch.zeros(0, dtype=torch.int16)),
+        "absorber_distance": cat([g.absorber_distance for g in dataset], torch.zeros(0)),
+        "edge_index": cat([g.edge_index.to(torch.int32) for g in dataset], torch.zeros(2, 0, dtype=torch.int32), dim=1),
+        "edge_length": cat([g.edge_length for g in dataset], torch.zeros(0)),
+        "y": cat([g.y for g in dataset], torch.zeros(0, len(dataset.grid))),
+        "weight": cat([g.weight for g in dataset], torch.zeros(0)),
+        "site_index": torch.tensor([int(g.site_index) for g in dataset], dtype=torch.long),
+        "record_id": [g.record_id for g in dataset],
+        "report": {
+            "source": dataset.report.source,
+            "n_read": dataset.report.n_read,
+            "n_sites": dataset.report.n_sites,
+            "skipped": [list(x) for x in dataset.report.skipped],
+            "notes": [list(x) for x in dataset.report.notes],
+        },
+        "incomplete": sorted(dataset.incomplete),
+    }
+    if builder.kind == "molecule":
+        payload["bond_kind"] = cat(
+            [g.edge_attr[:, builder.num_rbf:].argmax(1).to(torch.int8) for g in dataset], torch.zeros(0, dtype=torch.int8)
+        )
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    return path
+
+
+def load_site_dataset(path: str | os.PathLike, builder: GraphBuilder) -> SiteDataset:
+    """Read a file written by :func:`save_site_dataset`, recomputing features with ``builder``.
+
+    Raises ``ValueError`` if the file was written with another builder config or version.
+    """
+    path = Path(path)
+    payload = torch.load(path, weights_only=True)
+    if payload.get("version") != CACHE_VERSION:
+        raise ValueError(f"{path}: cache version {payload.get('version')} != {CACHE_VERSION}")
+    if json.loads(payload["builder_config"]) != json.loads(json.dumps(builder.config())):
+        raise ValueError(f"{path}: written with a different GraphBuilder config")
+    n_nodes = payload["num_nodes"].numpy()
+    n_edges = payload["num_edges"].numpy()
+    node_ptr = np.concatenate([[0], np.cumsum(n_nodes)])
+    edge_ptr = np.concatenate([[0], np.cumsum(n_edges)])
+    is_absorber = np.zeros(int(node_ptr[-1]), dtype=bool)
+    is_absorber[node_ptr[:-1][n_nodes > 0]] = True
+    dist = payload["absorber_distance"].numpy()
+    x_all = torch.from_numpy(builder.node_features(payload["species"].numpy().astype(np.int64), dist, is_absorber))
+    lengths = payload["edge_length"].numpy()
+    kinds = payload["bond_kind"].numpy().astype(np.int64) if builder.kind == "molecule" else None
+    e_all = torch.from_numpy(builder.edge_features(lengths, kinds))
+    edge_index = payload["edge_index"].to(torch.long)
+    graphs = []
+    for k in range(len(n_nodes)):
+        a, b = node_ptr[k], node_ptr[k + 1]
+        c, d = edge_ptr[k], edge_ptr[k + 1]
+        g = SiteGraph(
+            x=x_all[a:b],
+            edge_index=edge_index[:, c:d],
+            edge_attr=e_all[c:d],
+            edge_length=payload["edge_length"][c:d],
+            absorber_distance=payload["absorber_distance"][a:b],
+            absorber_index=torch.zeros(1, dtype=torch.long),
+            num_nodes=int(n_nodes[k]),
+        )
+        g.y = payload["y"][k : k + 1]
+        g.record_id = payload["record_id"][k]
+        g.site_index = int(payload["site_index"][k])
+        g.weight = payload["weight"][k : k + 1]
+        graphs.append(g)
+    rep = payload["report"]
+    report = ReadReport(
+        source=rep["source"], n_read=rep["n_read"], skipped=[tuple(x) for x in rep["skipped"]],
+        n_sites=rep["n_sites"], notes=[tuple(x) for x in rep["notes"]],
+    )
+    return SiteDataset(graphs, report, payload["grid"].numpy(), builder.config(), payload["incomplete"])

@@ -187,8 +187,8 @@ class GraphBuilder:
         self._edge_centres = np.linspace(0.0, self.edge_cutoff, self.num_rbf, dtype=np.float32)[None, :]
         self._edge_width = np.float32(self.edge_cutoff / (self.num_rbf - 1))
         self._bond_onehot = np.eye(len(BOND_TYPES), dtype=np.float32)
-        self._node_centres = np.linspace(0.0, self.cluster_radius, self.num_rbf)[None, :]
-        self._node_width = self.cluster_radius / (self.num_rbf - 1)
+        self._node_centres = np.linspace(0.0, self.cluster_radius, self.num_rbf, dtype=np.float32)[None, :]
+        self._node_width = np.float32(self.cluster_radius / (self.num_rbf - 1))
 
     # -- configuration ---------------------------------------------------------------------
     @property
@@ -375,12 +375,10 @@ class GraphBuilder:
         pos, atom, dist = pos[order], atom[order], dist[order]
         n_nodes = len(atom)
 
-        x = np.zeros((n_nodes, self.node_dim), dtype=np.float32)
-        width = self._element_table.shape[1]
-        x[:, :width] = self._element_table[species[atom]]
-        x[0, width] = 1.0
-        if self.absorber_distance_rbf:
-            x[:, width + 1 :] = np.exp(-(((dist[:, None] - self._node_centres) / self._node_width) ** 2))
+        dist = dist.astype(np.float32)
+        is_absorber = np.zeros(n_nodes, dtype=bool)
+        is_absorber[0] = True
+        x = self.node_features(species[atom], dist, is_absorber)
 
         diff = pos[:, None, :] - pos[None, :, :]
         pair = np.sqrt((diff * diff).sum(axis=-1))
@@ -388,20 +386,41 @@ class GraphBuilder:
         close[np.diag_indices(n_nodes)] = False
         src, dst = np.nonzero(close)
         lengths = pair[src, dst].astype(np.float32)
-        edge_attr = np.empty((len(src), self.edge_dim), dtype=np.float32)
-        edge_attr[:, : self.num_rbf] = np.exp(-(((lengths[:, None] - self._edge_centres) / self._edge_width) ** 2))
-        if self.kind == "molecule":
-            edge_attr[:, self.num_rbf :] = self._bond_onehot[prepared["bonds"][atom[src], atom[dst]]]
+        kinds = prepared["bonds"][atom[src], atom[dst]] if self.kind == "molecule" else None
+        edge_attr = self.edge_features(lengths, kinds)
 
         return SiteGraph(
             x=torch.from_numpy(x),
             edge_index=torch.from_numpy(np.stack([src, dst]).astype(np.int64)),
             edge_attr=torch.from_numpy(edge_attr),
             edge_length=torch.from_numpy(lengths),
-            absorber_distance=torch.from_numpy(dist.astype(np.float32)),
+            absorber_distance=torch.from_numpy(dist),
             absorber_index=torch.zeros(1, dtype=torch.long),
             num_nodes=n_nodes,
         )
+
+    # -- features (shared by graph building and the dataset cache) --------------------------
+    def node_features(self, species: np.ndarray, dist: np.ndarray, is_absorber: np.ndarray) -> np.ndarray:
+        """Node features from element indices (into ``elements``), absorber distances (float32)
+        and the absorber flag; rows of any number of graphs at once. Shape (N, node_dim)."""
+        x = np.zeros((len(species), self.node_dim), dtype=np.float32)
+        width = self._element_table.shape[1]
+        x[:, :width] = self._element_table[species]
+        x[:, width] = is_absorber
+        if self.absorber_distance_rbf:
+            x[:, width + 1 :] = np.exp(-(((dist[:, None] - self._node_centres) / self._node_width) ** 2))
+        return x
+
+    def edge_features(self, lengths: np.ndarray, bond_kinds: np.ndarray | None) -> np.ndarray:
+        """Edge features from lengths (float32) and, for molecules, bond class indices into
+        :data:`BOND_TYPES`. Shape (M, edge_dim)."""
+        edge_attr = np.empty((len(lengths), self.edge_dim), dtype=np.float32)
+        edge_attr[:, : self.num_rbf] = np.exp(-(((lengths[:, None] - self._edge_centres) / self._edge_width) ** 2))
+        if self.kind == "molecule":
+            if bond_kinds is None:
+                raise ValueError("molecule edges need bond kinds")
+            edge_attr[:, self.num_rbf :] = self._bond_onehot[bond_kinds]
+        return edge_attr
 
     def _crystal_cluster(self, prepared: dict, site_index: int) -> tuple[np.ndarray, np.ndarray]:
         """Cartesian positions and atom indices of all periodic images within the radius."""

@@ -125,3 +125,42 @@ def test_cu_site_dataset_weights_match_feff_sites(cu_k_dir):
         totals[d.record_id] = totals.get(d.record_id, 0.0) + float(d.weight)
         assert torch.isfinite(d.y).all()
     np.testing.assert_allclose(list(totals.values()), 1.0, atol=1e-6)
+
+
+def _graph_tensors(g):
+    return {k: getattr(g, k) for k in ("x", "edge_index", "edge_attr", "edge_length", "absorber_distance", "y", "weight")}
+
+
+@pytest.mark.parametrize("kind", ["crystal", "molecule"])
+def test_cache_round_trip_is_exact_and_keyed_by_content(tmp_path, kind):
+    if kind == "crystal":
+        builder = GraphBuilder("Cu", ["O", "Cu", "Ag"], "crystal")
+        structure = _doped_cu2o()
+        sites = [SiteSpectrum(g[0], *_spectrum(k)) for k, g in enumerate(builder.absorber_groups(structure))]
+        grid = make_grid(8985, 9095, 40)
+    else:
+        builder = GraphBuilder("O", ["H", "C", "N", "O", "F"], "molecule")
+        structure = load_structure("OC(=O)c1ccco1")  # furoic acid: aromatic and C=O bonds
+        e = np.linspace(527, 590, 50)
+        sites = [SiteSpectrum(i, e, np.tanh(e - 535 - i)) for i in structure.indices_from_symbol("O")]
+        grid = make_grid(528, 589, 40)
+    records = [SpectrumRecord("r1", structure, sites, "src")]
+    built = build_site_dataset(records, builder, grid, progress=False, cache=tmp_path)
+    files = list(tmp_path.glob("sites-*.pt"))
+    assert len(files) == 1
+    loaded = build_site_dataset(records, builder, grid, progress=False, cache=tmp_path)
+    assert len(loaded) == len(built) > 0
+    for a, b in zip(built, loaded):
+        for key, value in _graph_tensors(a).items():
+            assert torch.equal(value, getattr(b, key)), key
+        assert (a.record_id, a.site_index) == (b.record_id, b.site_index)
+    assert loaded.report.n_sites == built.report.n_sites
+    # other spectra: another key, another file
+    changed = [SpectrumRecord("r1", structure, [SiteSpectrum(s.site_index, s.energy, s.mu * 1.01) for s in sites], "src")]
+    build_site_dataset(changed, builder, grid, progress=False, cache=tmp_path)
+    assert len(list(tmp_path.glob("sites-*.pt"))) == 2
+    # a damaged file is reported and rebuilt, not trusted
+    files[0].write_bytes(b"not a torch file")
+    with pytest.warns(UserWarning, match="ignoring unreadable dataset cache"):
+        again = build_site_dataset(records, builder, grid, progress=False, cache=tmp_path)
+    assert len(again) == len(built)
