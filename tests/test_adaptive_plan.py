@@ -1,0 +1,154 @@
+"""adaptive_xas_plan with a real RunEngine on the simulated endstation, candidates from FEFF spectra."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import defaultdict
+
+import event_model
+import numpy as np
+import pytest
+from bluesky import RunEngine
+
+from endstation.devices import make_endstation
+from endstation.sample import SimulatedSample
+from plans.adaptive import adaptive_xas_plan, seed_energies
+from plans.grids import make_grid
+from plans.ranking_feed import RemoteRankingFeed
+
+
+@pytest.fixture(scope="module")
+def library(cu_k_dir):
+    """Ten clearly different Cu K-edge candidates (max |difference| > 0.15 between any two)."""
+    from xas_callbacks.candidates import CandidateLibrary
+
+    ids = sorted(os.listdir(cu_k_dir))[:80]
+    full = CandidateLibrary.from_feff(cu_k_dir, ids)
+    chosen: list[int] = []
+    for i in range(len(full)):
+        if all(np.abs(full.mean[i] - full.mean[j]).max() > 0.15 for j in chosen):
+            chosen.append(i)
+        if len(chosen) == 10:
+            break
+    return full.subset([full.names[i] for i in chosen])
+
+
+def _endstation(library, true_index, *, seed=3, offset=1.0):
+    sample = SimulatedSample.from_spectrum(
+        library.energies, library.mean[true_index], element="Cu", edge="K", name=library.names[true_index]
+    )
+    return make_endstation(sample, seed=seed, time_scale=0.0, energy_offset=offset)
+
+
+def _run(plan):
+    RE = RunEngine({})
+    docs: list[tuple[str, dict]] = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE(plan)
+    return RE, docs
+
+
+def _stream(docs, stream):
+    descriptors = {d["uid"] for n, d in docs if n == "descriptor" and d["name"] == stream}
+    return [d for n, d in docs if n == "event" and d["descriptor"] in descriptors]
+
+
+@pytest.mark.parametrize("true_index", [2, 7])
+def test_identifies_the_sample_with_fewer_points_than_a_conventional_scan(library, true_index):
+    es = _endstation(library, true_index)
+    RE, docs = _run(
+        adaptive_xas_plan(es.detectors, es.energy, element="Cu", edge="K", candidates=library, dwell_s=0.5)
+    )
+    start = docs[0][1]
+    assert start["plan_name"] == "adaptive_xas_plan"
+    assert start["xas"]["candidates"]["names"] == library.names
+    assert start["xas"]["candidates"]["sha256"] == library.provenance["candidates_sha256"]
+    assert start["xas"]["policy"]["confidence"] == 0.95
+
+    decisions = _stream(docs, "decision")
+    last = decisions[-1]["data"]
+    assert last["decision_action"] == "stop"
+    assert last["decision_top_candidate"] == library.names[true_index]
+    assert last["decision_top_probability"] >= 0.95
+    assert "reached p=" in last["decision_reason"]
+
+    readings = _stream(docs, "primary")
+    conventional = make_grid("Cu", "K", None)
+    assert len(readings) < 0.5 * len(conventional.energies)
+    assert docs[-1][1]["exit_status"] == "success"
+
+
+def test_every_document_is_valid_and_decisions_precede_their_readings(library):
+    es = _endstation(library, 4)
+    _, docs = _run(
+        adaptive_xas_plan(
+            es.detectors, es.energy, element="Cu", edge="K", candidates=library, dwell_s=0.2, seed={"coarse_points": 3}
+        )
+    )
+    for name, doc in docs:
+        event_model.schema_validators[event_model.DocumentNames[name]].validate(doc)
+    measured = [ev["data"]["energy"] for ev in _stream(docs, "primary")]
+    for decision in _stream(docs, "decision"):
+        data = decision["data"]
+        if data["decision_action"] == "measure":
+            n = data["decision_n_points"]
+            # The reading taken right after the decision is at the energy it chose.
+            assert measured[n] == pytest.approx(data["decision_next_energies"][0], abs=0.01)
+            assert data["decision_expected_gain"][0] > 0
+
+
+def test_pause_and_resume_neither_lose_nor_repeat_decisions(library):
+    es = _endstation(library, 5)
+    RE = RunEngine({})
+    docs: list[tuple[str, dict]] = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    paused = {"done": False}
+
+    def pause_once(name, doc):
+        # As Ctrl-C would: from another thread (request_pause waits on the RunEngine's loop).
+        if name == "event" and doc["seq_num"] == 12 and not paused["done"]:
+            paused["done"] = True
+            threading.Thread(target=RE.request_pause, kwargs={"defer": True}).start()
+
+    RE.subscribe(pause_once)
+    RE(adaptive_xas_plan(es.detectors, es.energy, element="Cu", edge="K", candidates=library, dwell_s=0.2,
+                         seed={"coarse_points": 3}))
+    assert RE.state == "paused"
+    RE.resume()
+    assert docs[-1][1]["exit_status"] == "success"
+    decisions = [d["data"]["decision_n_points"] for d in _stream(docs, "decision")]
+    assert decisions == sorted(set(decisions)), "a decision was repeated or reordered"
+    counts = defaultdict(int)
+    for ev in _stream(docs, "decision"):
+        counts[ev["seq_num"]] += 1
+    assert max(counts.values()) == 1
+
+
+def test_no_ranking_in_time_falls_back_to_the_conventional_grid_and_says_so(library):
+    es = _endstation(library, 1)
+    feed = RemoteRankingFeed("localhost:5")  # nothing publishes there
+    try:
+        _, docs = _run(
+            adaptive_xas_plan(
+                es.detectors, es.energy, element="Cu", edge="K", candidates=library, dwell_s=0.1,
+                feed=feed, ranking_timeout_s=0.3,
+            )
+        )
+    finally:
+        feed.close()
+    decisions = [d["data"] for d in _stream(docs, "decision")]
+    assert decisions[0]["decision_action"] == "fallback"
+    assert "no ranking" in decisions[0]["decision_reason"]
+    n_seed = len(seed_energies(8979.0, library.energies))
+    assert len(_stream(docs, "primary")) > n_seed + 20
+    assert docs[-1][1]["exit_status"] == "success"
+
+
+def test_energies_outside_the_monochromator_limits_are_refused_before_anything_moves(library):
+    sample = SimulatedSample.from_spectrum(library.energies, library.mean[0], element="Cu", edge="K")
+    es = make_endstation(sample, time_scale=0.0, limits=(8950.0, 9050.0))
+    start = es.energy.position
+    with pytest.raises(ValueError, match="outside the limits"):
+        RunEngine({})(adaptive_xas_plan(es.detectors, es.energy, element="Cu", edge="K", candidates=library))
+    assert es.energy.position == start
