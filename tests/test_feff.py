@@ -321,3 +321,19 @@ def test_failures_are_kept_on_resume_and_dropped_for_retry(tmp_path):
     sink.drop_failures(["qm9-1"])
     assert [json.loads(x)["qm9_index"] for x in path.read_text().splitlines()] == [2]
     assert JsonlSink(path).failed == set()
+
+
+def test_cli_structures_reports_failures_by_name(tmp_path, capsys):
+    from models.feff.cli import main
+
+    poscar = tmp_path / "cuprite.vasp"
+    cu2o().to(filename=str(poscar), fmt="poscar")
+    args = ["structures", str(poscar), str(tmp_path / "missing.cif"), "--absorber", "Zn",
+            "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress",
+            "--summary-json", str(tmp_path / "summary.json")]
+    assert main(args) == 3  # failures are reported in the exit status
+    out = capsys.readouterr().out
+    assert "failed 2" in out and "cuprite: absorber Zn missing" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["failure_reasons"] == {"FeffInputError": 1, "StructureError": 1}
+    assert "absorber Zn missing" in (tmp_path / "out" / "cuprite" / "error.txt").read_text()

@@ -12,6 +12,12 @@ cluster::
     xas-feff structures data/*.cif --absorber Cu --out runs/cu --scheduler tcp://head:8786
 
 Re-running the same command skips what is already done; ``--retry-failed`` re-runs failures.
+
+A Dask cluster for ``--scheduler``: start ``dask scheduler`` on one node and
+``dask worker tcp://<head>:8786 --nworkers <cores> --nthreads 1`` on each compute node (FEFF is
+single-threaded: one worker process per core), with ``steered-xas[feff]`` installed on every node.
+Each absorber site is one task, so throughput grows linearly with the cores until the scheduler
+(~1 ms per task against ~10 s of FEFF per site) becomes the limit.
 """
 
 from __future__ import annotations
