@@ -104,13 +104,18 @@ class RemoteRankingFeed:
         (e.g. ``"localhost:5568"``).
     prefix : bytes
         0MQ topic prefix (as given to the publishers).
+
+    Documents are JSON (:func:`xas_callbacks.remote.json_publisher` on the publishing side);
+    nothing received from the network is unpickled.
     """
 
     def __init__(self, address: Any, *, prefix: bytes = b""):
         from bluesky.callbacks.zmq import RemoteDispatcher
 
+        from xas_callbacks.remote import json_deserializer
+
         self.address = address
-        self._dispatcher = RemoteDispatcher(address, prefix=prefix)
+        self._dispatcher = RemoteDispatcher(address, prefix=prefix, deserializer=json_deserializer)
         self._lock = threading.Lock()
         self._raw_uid: str | None = None
         self._analysis_uids: set[str] = set()
@@ -118,11 +123,21 @@ class RemoteRankingFeed:
         self._latest: dict | None = None
         self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future]] = []
         self._dispatcher.subscribe(self._on_document)
-        self._thread = threading.Thread(target=self._dispatcher.start, name="xas-ranking-feed", daemon=True)
+        self._thread = threading.Thread(target=self._listen, name="xas-ranking-feed", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
-        self._dispatcher.stop()
+    def _listen(self) -> None:
+        try:
+            self._dispatcher.start()
+        except asyncio.CancelledError:
+            pass  # closed
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop listening (from any thread)."""
+        task = getattr(self._dispatcher, "_task", None)
+        if task is not None and not self._dispatcher.closed:
+            self._dispatcher.loop.call_soon_threadsafe(task.cancel)
+        self._thread.join(timeout_s)
 
     def subscribed(self, plan: Generator) -> Generator:
         return (yield from plan)
