@@ -181,3 +181,15 @@ def test_split_ids_rejects_bad_fractions():
         split_ids(["a"], fractions=(0.5, 0.1, 0.1))
     with pytest.raises(ValueError, match="three non-negative"):
         split_ids(["a"], fractions=(1.2, -0.2, 0.0))
+
+
+def test_read_xmu_column_count_errors_are_not_hidden_by_compensating_lines(tmp_path):
+    energy = np.linspace(8984.0, 9125.0, 20)
+    lines = _xmu_text(energy, np.ones(20)).splitlines()
+    # one line loses a column and the next gains one: the total count still fits 6 per line
+    lines[4] = " ".join(lines[4].split()[:5])
+    lines[5] = lines[5] + " 1.0"
+    path = tmp_path / "xmu.dat"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SpectrumFormatError, match=r"xmu.dat:5 has 5 columns"):
+        read_xmu(path)
