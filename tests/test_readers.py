@@ -57,6 +57,8 @@ def feff_tree(tmp_path):
     _write_material(root, "mp-empty", {0: "# only a header\n"})
     _write_material(root, "mp-nospectra", {})
     _write_material(root, "mp-wrongsite", {4: good})  # site 4 of Cu2O is O
+    garbled = _write_material(root, "mp-badposcar", {0: good})
+    (garbled / "POSCAR").write_text("Cu2O\n1.0\n4.27 0 0\n0 4.27\n")
     return root
 
 
@@ -65,7 +67,9 @@ def test_feff_reader_counts_and_reasons(feff_tree):
     assert [r.record_id for r in records] == ["mp-good"]
     assert report.n_read == 1 and report.n_sites == 1
     reasons = dict((Path(w).name, r) for w, r in report.skipped)
-    assert set(reasons) == {"mp-malformed", "mp-nan", "mp-empty", "mp-nospectra", "mp-wrongsite"}
+    reasons = {(Path(w).parent.name if Path(w).name == "POSCAR" else Path(w).name): r for w, r in report.skipped}
+    assert set(reasons) == {"mp-malformed", "mp-nan", "mp-empty", "mp-nospectra", "mp-wrongsite", "mp-badposcar"}
+    assert reasons["mp-badposcar"].startswith("bad POSCAR")
     assert "mp-malformed/FEFF-XANES/000_Cu/xmu.dat:8" in reasons["mp-malformed"]
     assert "4 columns" in reasons["mp-malformed"]
     assert reasons["mp-nan"].startswith("non-finite values")
@@ -73,7 +77,7 @@ def test_feff_reader_counts_and_reasons(feff_tree):
     assert reasons["mp-nospectra"].startswith("no spectra")
     assert "points at O" in reasons["mp-wrongsite"]
     summary = report.summary()
-    assert "read 1 records (1 site spectra), skipped 5" in summary
+    assert "read 1 records (1 site spectra), skipped 6" in summary
     assert "1 x malformed line" in summary
     rec = records[0]
     assert rec.structure.composition.reduced_formula == "Cu2O"
