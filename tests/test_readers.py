@@ -66,7 +66,6 @@ def test_feff_reader_counts_and_reasons(feff_tree):
     records, report = read_feff_materials(feff_tree, progress=False)
     assert [r.record_id for r in records] == ["mp-good"]
     assert report.n_read == 1 and report.n_sites == 1
-    reasons = dict((Path(w).name, r) for w, r in report.skipped)
     reasons = {(Path(w).parent.name if Path(w).name == "POSCAR" else Path(w).name): r for w, r in report.skipped}
     assert set(reasons) == {"mp-malformed", "mp-nan", "mp-empty", "mp-nospectra", "mp-wrongsite", "mp-badposcar"}
     assert reasons["mp-badposcar"].startswith("bad POSCAR")
