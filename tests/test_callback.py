@@ -304,3 +304,35 @@ def test_endstation_xafs_scan_ranks_sample_first(feff_library):
     assert abs(res.offset_mean - SHIFT) < 0.5
     for n, d in emitted:
         _validate(n, d)
+
+
+def test_tiled_writer_stores_ranking_run_beside_raw_run(feff_library, tmp_path):
+    """A RunEngine-subscribed TiledWriter (default settings, SQLite tables) stores the raw run
+    and the linked ranking run; the stored ranking equals the callback's."""
+    catalog_mod = pytest.importorskip("tiled.catalog")
+    from tiled.client import Context, from_context
+    from tiled.server.app import build_app
+
+    tw_mod = pytest.importorskip("bluesky_tiled_plugins")
+    catalog = catalog_mod.from_uri(f"sqlite:///{tmp_path}/cat.db", init_if_not_exists=True,
+                                   writable_storage=[str(tmp_path / "data"), f"sqlite:///{tmp_path}/tab.db"])
+    client = from_context(Context.from_app(build_app(catalog)))
+    tw = tw_mod.TiledWriter(client)
+    cb = XASRankingCallback(feff_library, emit=tw, config=CFG)
+    RE = RunEngine({})
+    RE.subscribe(tw)
+    RE.subscribe(cb)
+    energy, I0, It = _sim_devices(feff_library, 0)
+    (uid,) = RE(list_scan([I0, It], energy, list(_energy_grid(feff_library))), xas=_xas_md())
+    assert cb.counts.get("emit_errors", 0) == 0, cb.counts
+    ranking_runs = [k for k in client if client[k].metadata["start"].get("purpose") == "xas-ranking"]
+    assert len(ranking_runs) == 1
+    run = client[ranking_runs[0]]
+    assert run.metadata["start"]["parent_uid"] == uid
+    stream = run["ranking"]
+    names = stream["top_names"].read()
+    probs = stream["top_probabilities"].read()
+    assert names.shape == (len(cb.history), cb.top_k)
+    assert list(names[-1]) == cb.latest_ranking.names[: cb.top_k]
+    np.testing.assert_array_equal(probs[-1], cb.latest_ranking.probabilities[: cb.top_k])
+    assert run.metadata["stop"]["exit_status"] == "success"

@@ -346,11 +346,16 @@ class XASRankingCallback(DocumentRouter):
         self._compose = bundle
         self._safe_emit("start", bundle.start_doc)
         k = self.top_k
+        # The float arrays are declared dtype_numpy "|O8" so that TiledWriter writes them as
+        # (float64) zarr arrays like the names: with its default max_array_size small float
+        # arrays go into the SQL event table, whose SQLite storage cannot hold list columns.
         data_keys = {
             "top_names": {"source": "xas-ranking", "dtype": "array", "shape": [k],
                           "dtype_numpy": "<U64"},
-            "top_probabilities": {"source": "xas-ranking", "dtype": "array", "shape": [k]},
-            "top_log_evidence": {"source": "xas-ranking", "dtype": "array", "shape": [k]},
+            "top_probabilities": {"source": "xas-ranking", "dtype": "array", "shape": [k],
+                                  "dtype_numpy": "|O8"},
+            "top_log_evidence": {"source": "xas-ranking", "dtype": "array", "shape": [k],
+                                 "dtype_numpy": "|O8"},
             "offset": {"source": "xas-ranking", "dtype": "number", "shape": [], "units": "eV"},
             "offset_sd": {"source": "xas-ranking", "dtype": "number", "shape": [], "units": "eV"},
             "broadening": {"source": "xas-ranking", "dtype": "number", "shape": [], "units": "eV"},
