@@ -65,11 +65,10 @@ class MonoEnergy(Device, PositionerBase):
         Monochromator crystal and d-spacing (configuration, for the XDI ``Mono`` family).
     """
 
-    readback = Cpt(Signal, value=0.0, kind=Kind.hinted)
-    setpoint = Cpt(Signal, value=0.0, kind=Kind.normal)
-    speed = Cpt(Signal, value=100.0, kind=Kind.config)
-    crystal = Cpt(Signal, value="Si(111)", kind=Kind.config)
-    d_spacing = Cpt(Signal, value=3.13560, kind=Kind.config)
+    readback = Cpt(Signal, value=0.0, kind=Kind.hinted, dtype="<f8", shape=())
+    setpoint = Cpt(Signal, value=0.0, kind=Kind.normal, dtype="<f8", shape=())
+    speed = Cpt(Signal, value=100.0, kind=Kind.config, dtype="<f8", shape=())
+    d_spacing = Cpt(Signal, value=3.13560, kind=Kind.config, dtype="<f8", shape=())
 
     def __init__(
         self,
@@ -96,7 +95,7 @@ class MonoEnergy(Device, PositionerBase):
         self._lock = threading.Lock()
         self.readback.name = self.name
         self.speed.put(float(speed))
-        self.crystal.put(crystal)
+        self.crystal = crystal
         self.d_spacing.put(float(d_spacing))
         self.check_value(init_pos)
         self.setpoint.put(float(init_pos))
@@ -183,6 +182,8 @@ class DwellTime(Signal):
 
     def __init__(self, *, name: str = "dwell_time", value: float = 1.0, **kwargs: Any) -> None:
         kwargs.setdefault("kind", Kind.normal)
+        kwargs.setdefault("dtype", "float64")
+        kwargs.setdefault("shape", ())
         super().__init__(name=name, value=float(value), **kwargs)
 
     def check_value(self, value: Any) -> None:
@@ -221,8 +222,7 @@ class IonChamber(Device):
         Multiplies the simulated counting wait (0: finish at once).
     """
 
-    counts = Cpt(Signal, value=0, kind=Kind.hinted)
-    gas = Cpt(Signal, value="N2", kind=Kind.config)
+    counts = Cpt(Signal, value=0, kind=Kind.hinted, dtype="<i8", shape=())
 
     def __init__(
         self,
@@ -247,7 +247,7 @@ class IonChamber(Device):
         self.dwell_time = dwell_time
         self.rng = rng
         self._time_scale = float(time_scale)
-        self.gas.put(gas)
+        self.gas = gas
 
     def trigger(self) -> DeviceStatus:
         """Count for ``dwell_time`` at the current mono energy; returns a ``DeviceStatus``."""
@@ -296,9 +296,9 @@ class SimulatedEndstation:
     def xdi_metadata(self) -> dict[str, Any]:
         """``XDI`` families describing this hardware (Mono, Detector, Beamline, Facility)."""
         return {
-            "Mono": {"name": self.energy.crystal.get(), "d_spacing": self.energy.d_spacing.get()},
-            "Detector": {"I0": f"ion chamber {self.I0.gas.get()}", "I1": f"ion chamber {self.It.gas.get()}",
-                         "I2": f"ion chamber {self.Ir.gas.get()}", "If": "fluorescence channel (simulated)"},
+            "Mono": {"name": self.energy.crystal, "d_spacing": self.energy.d_spacing.get()},
+            "Detector": {"I0": f"ion chamber {self.I0.gas}", "I1": f"ion chamber {self.It.gas}",
+                         "I2": f"ion chamber {self.Ir.gas}", "If": "fluorescence channel (simulated)"},
             "Beamline": {"name": "simulated XAS endstation (steered-xas)"},
             "Facility": {"name": "simulated NSLS-II-style"},
         }

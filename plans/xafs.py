@@ -92,7 +92,9 @@ def _mono_md(energy: Any) -> dict[str, Any]:
     mono: dict[str, Any] = {}
     for attr, key in (("crystal", "name"), ("d_spacing", "d_spacing")):
         sig = getattr(energy, attr, None)
-        if sig is not None and hasattr(sig, "get"):
+        if isinstance(sig, (str, int, float)):
+            mono[key] = sig
+        elif sig is not None and hasattr(sig, "get"):
             try:
                 mono[key] = sig.get()
             except Exception:  # a disconnected EPICS PV must not stop the scan's metadata
