@@ -358,6 +358,8 @@ class GraphBuilder:
         else:
             cart = np.asarray(structure.cart_coords, dtype=np.float64)
             prepared["cart"] = cart
+            diff = cart[:, None, :] - cart[None, :, :]
+            prepared["distances"] = np.sqrt((diff * diff).sum(axis=-1))
             prepared["bonds"] = self._bond_matrix(structure, symbols, cart)
         return prepared
 
@@ -379,8 +381,12 @@ class GraphBuilder:
             pos, atom = self._crystal_cluster(prepared, site_index)
         else:
             pos, atom = self._molecule_cluster(prepared, site_index)
-        rel = pos - pos[0]
-        dist = np.sqrt((rel * rel).sum(axis=1))
+        if self.kind == "molecule":
+            full = prepared["distances"]
+            dist = full[site_index, atom]
+        else:
+            rel = pos - pos[0]
+            dist = np.sqrt((rel * rel).sum(axis=1))
         # canonical order: absorber first, then by distance (to 1e-4 A), then atomic number
         order = np.lexsort((self._z[species[atom]], np.round(dist, 4)))
         if order[0] != 0:
@@ -393,10 +399,13 @@ class GraphBuilder:
         is_absorber[0] = True
         x = self.node_features(species[atom], dist, is_absorber)
 
-        diff = pos[:, None, :] - pos[None, :, :]
-        pair = np.sqrt((diff * diff).sum(axis=-1))
+        if self.kind == "molecule":
+            pair = full[np.ix_(atom, atom)]
+        else:
+            diff = pos[:, None, :] - pos[None, :, :]
+            pair = np.sqrt((diff * diff).sum(axis=-1))
         close = pair < self.edge_cutoff
-        close[np.diag_indices(n_nodes)] = False
+        np.fill_diagonal(close, False)
         src, dst = np.nonzero(close)
         lengths = pair[src, dst].astype(np.float32)
         kinds = prepared["bonds"][atom[src], atom[dst]] if self.kind == "molecule" else None
@@ -404,7 +413,7 @@ class GraphBuilder:
 
         return SiteGraph(
             x=torch.from_numpy(x),
-            edge_index=torch.from_numpy(np.stack([src, dst]).astype(np.int64)),
+            edge_index=torch.from_numpy(np.stack([src, dst]).astype(np.int64, copy=False)),
             edge_attr=torch.from_numpy(edge_attr),
             edge_length=torch.from_numpy(lengths),
             absorber_distance=torch.from_numpy(dist),
@@ -456,8 +465,7 @@ class GraphBuilder:
 
     def _molecule_cluster(self, prepared: dict, site_index: int) -> tuple[np.ndarray, np.ndarray]:
         cart = prepared["cart"]
-        rel = cart - cart[site_index]
-        within = (rel * rel).sum(axis=1) <= self.cluster_radius**2
+        within = prepared["distances"][site_index] <= self.cluster_radius
         within[site_index] = False
         atom = np.concatenate([[site_index], np.flatnonzero(within)])
         return cart[atom], atom
