@@ -473,14 +473,15 @@ class GraphBuilder:
     def _bond_matrix(self, molecule: Molecule, symbols: Sequence[str], cart: np.ndarray) -> np.ndarray:
         """(n, n) bond class indices into :data:`BOND_TYPES`; cached per geometry."""
         cart = np.ascontiguousarray(cart, dtype=np.float64)
-        key = "|".join(symbols).encode() + cart.tobytes()
+        charge = int(round(float(getattr(molecule, "charge", 0) or 0)))
+        key = f"{charge}|".encode() + "|".join(symbols).encode() + cart.tobytes()
         cached = self._bond_cache.get(key)
         if cached is not None:
             self._bond_cache.move_to_end(key)
             return cached
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            bonds = perceive_bonds(symbols, cart, label="molecule")
+            bonds = perceive_bonds(symbols, cart, label="molecule", charge=charge)
         for w in caught:  # label lazily: the formula costs more than the perception
             warnings.warn(str(w.message).replace("molecule", _structure_label(molecule), 1), stacklevel=4)
         self._bond_cache[key] = bonds

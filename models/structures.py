@@ -227,7 +227,8 @@ def molecule_from_smiles(smiles: str, seed: int = SMILES_EMBED_SEED) -> Molecule
         RDLogger.EnableLog("rdApp.*")
     coords = mol.GetConformer().GetPositions()
     species = [atom.GetSymbol() for atom in mol.GetAtoms()]
-    return Molecule(species, coords, properties={"smiles": smiles})
+    # the net charge travels with the molecule so bond perception can use it (e.g. acetate)
+    return Molecule(species, coords, charge=Chem.GetFormalCharge(mol), properties={"smiles": smiles})
 
 
 def load_structure(source: StructureLike) -> Structure | Molecule:

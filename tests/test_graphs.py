@@ -259,3 +259,15 @@ def test_molecule_graph_invariance_property(seed):
     coords = mol.cart_coords[perm] @ rot.T + rng.normal(scale=20.0, size=3)
     moved = Molecule([mol.species[i] for i in perm], coords)
     _assert_same_graph(ref, builder.site_graph(moved, int(np.flatnonzero(perm == o)[0])))
+
+
+def test_charged_molecule_from_smiles_keeps_its_bond_orders():
+    acetate = load_structure("CC(=O)[O-]")
+    assert acetate.charge == -1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to connectivity-only
+        graphs, _ = _mol_builder().structure_graphs(acetate)
+    kinds = [g.edge_attr[g.edge_index[0] == 0, -len(BOND_TYPES):].argmax(1).tolist() for g in graphs]
+    # each O has exactly one bond (to C); one is C=O, the other C-O(-)
+    bonded = sorted(k for ks in kinds for k in ks if k != BOND_TYPES.index("none"))
+    assert bonded == [BOND_TYPES.index("single"), BOND_TYPES.index("double")]
