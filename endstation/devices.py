@@ -32,6 +32,7 @@ from ophyd.utils import LimitError
 from .sample import BeamPhysics, SimulatedSample
 
 __all__ = [
+    "NumericSignal",
     "MonoEnergy",
     "DwellTime",
     "IonChamber",
@@ -42,6 +43,22 @@ __all__ = [
 
 #: Role of each detector in the ``xas.detectors`` map -> device name / data key.
 DETECTOR_ROLES = {"i0": "I0", "it": "It", "ir": "Ir", "if": "If"}
+
+
+class NumericSignal(Signal):
+    """A soft ``Signal`` whose description carries an event-model ``dtype_numpy`` (``<f8``).
+
+    (ophyd's own ``dtype=`` argument writes ``float64``, which event-model's schema refuses.)
+    """
+
+    def __init__(self, *args: Any, dtype_numpy: str = "<f8", **kwargs: Any) -> None:
+        self._dtype_numpy = dtype_numpy
+        super().__init__(*args, **kwargs)
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        desc = super().describe()
+        desc[self.name]["dtype_numpy"] = self._dtype_numpy
+        return desc
 
 
 class MonoEnergy(Device, PositionerBase):
@@ -65,10 +82,10 @@ class MonoEnergy(Device, PositionerBase):
         Monochromator crystal and d-spacing (configuration, for the XDI ``Mono`` family).
     """
 
-    readback = Cpt(Signal, value=0.0, kind=Kind.hinted, dtype="<f8", shape=())
-    setpoint = Cpt(Signal, value=0.0, kind=Kind.normal, dtype="<f8", shape=())
-    speed = Cpt(Signal, value=100.0, kind=Kind.config, dtype="<f8", shape=())
-    d_spacing = Cpt(Signal, value=3.13560, kind=Kind.config, dtype="<f8", shape=())
+    readback = Cpt(NumericSignal, value=0.0, kind=Kind.hinted, dtype_numpy="<f8")
+    setpoint = Cpt(NumericSignal, value=0.0, kind=Kind.normal, dtype_numpy="<f8")
+    speed = Cpt(NumericSignal, value=100.0, kind=Kind.config, dtype_numpy="<f8")
+    d_spacing = Cpt(NumericSignal, value=3.13560, kind=Kind.config, dtype_numpy="<f8")
 
     def __init__(
         self,
@@ -198,6 +215,7 @@ class DwellTime(Signal):
     def describe(self) -> dict[str, dict[str, Any]]:
         desc = super().describe()
         desc[self.name]["units"] = "s"
+        desc[self.name]["dtype_numpy"] = "<f8"
         return desc
 
 
@@ -222,7 +240,7 @@ class IonChamber(Device):
         Multiplies the simulated counting wait (0: finish at once).
     """
 
-    counts = Cpt(Signal, value=0, kind=Kind.hinted, dtype="<i8", shape=())
+    counts = Cpt(NumericSignal, value=0, kind=Kind.hinted, dtype_numpy="<i8")
 
     def __init__(
         self,

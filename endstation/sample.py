@@ -130,8 +130,8 @@ class SimulatedSample:
             XDI file with raw ``i0`` and ``itrans`` columns (or ``mutrans``) and
             ``Element.symbol``/``Element.edge``.
         pre_edge_mu : float
-            Attenuation at the first point after removing the file's constant offset (a gain
-            ratio cancels in ``ln(i0/itrans)`` only up to a constant).
+            Lowest attenuation after removing the file's constant offset (a gain ratio
+            cancels in ``ln(i0/itrans)`` only up to a constant).
         reference : path-like or (energy, mu), optional
             Reference foil; default ``ln(itrans/irefer)`` of the same file, else the sample's own
             edge part (a foil of the same element).
@@ -152,13 +152,13 @@ class SimulatedSample:
         energy = energy[keep]
         raw = data.mu_transmission()[order][keep]
         energy, raw = _check_spectrum(energy, raw, data.path)
-        mu_total = raw - raw[0] + pre_edge_mu
+        mu_total = raw - raw.min() + pre_edge_mu
         absorber = np.clip(mu_total - _pre_edge_line(energy, mu_total, e0), 0.0, None)
         if reference is None:
             ref = data.mu_reference()
             if ref is not None:
                 ref = ref[order][keep]
-                ref_energy, ref_mu = energy, ref - ref[0] + reference_pre_edge_mu
+                ref_energy, ref_mu = energy, ref - ref.min() + reference_pre_edge_mu
             else:
                 ref_energy, ref_mu = energy, absorber + reference_pre_edge_mu
         else:
@@ -257,7 +257,7 @@ class SimulatedSample:
             mu = data.mu_transmission()[order]
             keep = np.concatenate([[True], np.diff(energy) > 0])
             energy, mu = _check_spectrum(energy[keep], mu[keep], data.path)
-            return energy, mu - mu[0] + pre_edge_mu
+            return energy, mu - mu.min() + pre_edge_mu
         if isinstance(reference, Mapping):
             reference = (reference["energy"], reference["mu"])
         energy, mu = _check_spectrum(reference[0], reference[1], "reference")

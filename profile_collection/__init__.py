@@ -1,0 +1,1 @@
+"""IPython profile of the simulated steered-xas endstation (see ``startup/`` and ``loader.py``)."""
