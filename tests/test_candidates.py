@@ -91,3 +91,24 @@ def test_from_structures_through_predictor_lists_failures(cu_k_dir, user_dir):
     assert lib.mean.shape == lib.std.shape == (2, lib.energies.size)
     cached = CandidateLibrary.from_structures(items, model="cu-k", names=["CuO", "Cu2O", "ethanol"])
     np.testing.assert_array_equal(cached.mean, lib.mean)
+
+
+def test_smiles_through_shipped_o_k_model_lists_failures_and_caches(user_dir):
+    try:
+        from models import available_models
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"models.predictor not importable: {exc}")
+    if "o-k" not in available_models():
+        pytest.skip("no shipped 'o-k' weights (models/weights/o-k.pt)")
+    smiles = ["CCO", "CC", "OC=O", "not-a-smiles(("]
+    lib = CandidateLibrary.from_structures(smiles, model="o-k")
+    assert lib.names == ["CCO", "OC=O"]
+    assert set(lib.failures) == {"CC", "not-a-smiles(("}  # listed with reasons, not dropped
+    assert "O" in lib.failures["CC"]
+    assert lib.provenance["model"] == "o-k" and len(lib.provenance["weights_sha256"]) == 64
+    assert np.all(np.isfinite(lib.mean)) and np.all(lib.std >= 0)
+    files = list((user_dir / "candidates").glob("*.npz"))
+    assert len(files) == 1
+    again = CandidateLibrary.from_structures(smiles, model="o-k")
+    np.testing.assert_array_equal(again.mean, lib.mean)
+    assert again.failures == lib.failures
