@@ -83,7 +83,7 @@ class RankingConfig:
     extrapolation_sd: float = 0.05
     grid_step: float = 0.5
     pre_pad: float = 40.0
-    full_every: int = 10
+    full_every: int = 25
     prune_eps: float = 1e-10
 
 
