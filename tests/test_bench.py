@@ -54,6 +54,7 @@ def test_adaptive_benchmark_smoke(cu_k_dir, tmp_path):
             assert s["fraction_of_points"] == pytest.approx(
                 s["n_points"] / result["settings"]["conventional_grid"]["n_points"])
             assert 0 < s["fraction_of_beam_time"] < 1
+            assert 0 < s["n_used_by_ranking"] <= s["n_points"]
     summary = result["heldout"]["adaptive"]
     assert summary["n"] == 2
     assert summary["top1"] == np.mean([r["policies"]["adaptive"]["top1_correct"] for r in result["rows"]])
