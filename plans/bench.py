@@ -304,7 +304,8 @@ def _mineral_cifs(outdir: Path) -> tuple[dict[str, Path], dict[str, str]]:
 
     outdir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    notes: dict[str, str] = {}
+    notes_file = outdir / "chosen.json"
+    notes: dict[str, str] = json.loads(notes_file.read_text()) if notes_file.exists() else {}
     db = None
     for mineral, elements in CU_MINERALS.items():
         path = outdir / f"{mineral}.cif"
@@ -338,6 +339,7 @@ def _mineral_cifs(outdir: Path) -> tuple[dict[str, Path], dict[str, str]]:
                 notes[mineral] = f"AMCSD {fallback.ams_id} {fallback.formula} (partial occupancy)"
             else:
                 notes[mineral] = f"no usable AMCSD CIF among {len(found)} entries"
+    notes_file.write_text(json.dumps(notes, indent=1))
     return paths, notes
 
 
