@@ -815,14 +815,19 @@ def plot_adaptive(result: dict, path: Path) -> None:
     if "adaptive" in policies and rows:
         pts = [r["policies"]["adaptive"]["n_points"] for r in rows]
         ok = [r["policies"]["adaptive"]["top1_correct"] for r in rows]
-        bins = np.arange(min(pts) - 0.5, max(pts) + 1.5, 1)
+        top = max(pts + [r["policies"].get("adaptive-fixed", {}).get("n_points", 0) for r in rows])
+        bins = np.arange(0.5, top + 1.5, 1)
         bx.hist([[n for n, o in zip(pts, ok) if o], [n for n, o in zip(pts, ok) if not o]], bins=bins,
-                stacked=True, color=["C0", "C7"], label=["identified", "not identified"])
-        bx.set_xlabel("points used by the adaptive plan (= uniform, random)")
+                stacked=True, color=["C0", "C7"], label=["adaptive, identified", "adaptive, not identified"])
+        if "adaptive-fixed" in policies:
+            fixed = [r["policies"]["adaptive-fixed"]["n_points"] for r in rows]
+            bx.hist(fixed, bins=bins, histtype="step", color="C4", lw=2, label="adaptive-fixed (all)")
+        bx.set_xlabel("points used (uniform and random use as many as adaptive)")
         bx.set_ylabel("samples")
         conv = result["settings"]["conventional_grid"]["n_points"]
-        bx.set_title(f"conventional scan: {conv} points; median beam-time fraction "
-                     f"{result['heldout']['adaptive']['median_fraction_of_beam_time']:.2f}", fontsize=9)
+        fractions = ", ".join(f"{p} {result['heldout'][p]['median_fraction_of_beam_time']:.2f}"
+                              for p in policies if p != "conventional" and result["heldout"].get(p))
+        bx.set_title(f"conventional scan: {conv} points; median fraction of its beam time:\n{fractions}", fontsize=8)
         bx.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
