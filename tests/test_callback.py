@@ -336,3 +336,23 @@ def test_tiled_writer_stores_ranking_run_beside_raw_run(feff_library, tmp_path):
     assert list(names[-1]) == cb.latest_ranking.names[: cb.top_k]
     np.testing.assert_array_equal(probs[-1], cb.latest_ranking.probabilities[: cb.top_k])
     assert run.metadata["stop"]["exit_status"] == "success"
+
+
+def test_renormalisation_rebuilds_are_bounded(feff_library, monkeypatch):
+    """Re-normalising rebuilds the statistics from all points; the geometric schedule keeps the
+    total rebuilt work within a constant factor of the number of points."""
+    from xas_callbacks.ranking import RankingEngine
+
+    sizes = []
+    orig = RankingEngine.rebuild
+
+    def counting(self, E, y, v):
+        sizes.append(len(E))
+        return orig(self, E, y, v)
+
+    monkeypatch.setattr(RankingEngine, "rebuild", counting)
+    cb = XASRankingCallback(feff_library, config=CFG, renorm_growth=1.25)
+    _run_scan(feff_library, cb)
+    n = cb.summary["counts"]["points"]
+    assert sum(sizes) <= 6 * n
+    assert cb.latest_ranking.names[0] == feff_library.names[TRUE_INDEX]

@@ -68,9 +68,13 @@ class XASRankingCallback(DocumentRouter):
         Stream whose events are ranked.
     mode : str, optional
         Override the start document's ``xas.mode``.
-    renorm_rtol : float
-        Re-normalise (and rebuild the sufficient statistics) when the edge step or pre-edge
-        level moves by more than this fraction of the step.
+    renorm_rtol, renorm_growth : float
+        Re-normalise (and rebuild the sufficient statistics from all points) when the edge step
+        or pre-edge level has moved by more than ``renorm_rtol`` of the step and the number of
+        points has grown by the factor ``renorm_growth`` since the last time (or the first
+        non-provisional normalisation is reached). The geometric schedule bounds the rebuilds
+        to ``1/(1 - 1/growth)`` times the incremental work: the update stays O(1) amortised.
+        In between, the amplitude and background nuisances absorb the small mismatch.
     use_larch : bool
         Use :func:`larch.xafs.pre_edge` for the live normalisation once enough points exist.
     dtype : numpy dtype
@@ -89,6 +93,7 @@ class XASRankingCallback(DocumentRouter):
         stream_name: str = "primary",
         mode: str | None = None,
         renorm_rtol: float = 0.03,
+        renorm_growth: float = 1.25,
         use_larch: bool = False,
         dtype=np.float32,
     ) -> None:
@@ -105,6 +110,7 @@ class XASRankingCallback(DocumentRouter):
         self.stream_name = stream_name
         self.mode_override = mode
         self.renorm_rtol = float(renorm_rtol)
+        self.renorm_growth = float(renorm_growth)
         self.use_larch = bool(use_larch)
         self.dtype = dtype
         self.counts: Counter = Counter()  # over the lifetime of the callback
@@ -133,6 +139,7 @@ class XASRankingCallback(DocumentRouter):
         self._descriptors: dict[str, dict] = {}
         self._seen: set = set()
         self._last_seq: dict[str, int] = {}
+        self._n_at_norm = 0
         self._E: list[float] = []
         self._mu: list[float] = []
         self._var: list[float] = []
@@ -271,8 +278,16 @@ class XASRankingCallback(DocumentRouter):
         E = np.asarray(self._E)
         e0 = _as_float(self.xas.get("e0"))
         new = normalize(E, np.asarray(self._mu), e0, use_larch=self.use_larch)
-        if self.normalization is None or not self.normalization.close_to(new, self.renorm_rtol):
+        cur = self.normalization
+        n = len(self._E)
+        renorm = cur is None or (
+            not cur.close_to(new, self.renorm_rtol)
+            and (n >= self.renorm_growth * self._n_at_norm
+                 or (cur.method == "provisional" and new.method != "provisional"))
+        )
+        if renorm:
             self.normalization = new
+            self._n_at_norm = n
             y, v = new.apply(E, np.asarray(self._mu), np.asarray(self._var))
             eng.rebuild(E, y, v)
             self.run_counts["outside_model_range"] = eng.n_outside
