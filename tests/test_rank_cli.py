@@ -60,3 +60,25 @@ def test_cli_two_column_text_of_a_shifted_candidate(cu_k_dir, tmp_path):
 def test_cli_missing_file_is_an_error_not_a_traceback(tmp_path, capsys):
     assert main([str(tmp_path / "nope.xdi"), "--candidates", str(tmp_path)]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_athena_project_is_read_and_ranked(cu_k_dir, tmp_path):
+    larch_io = pytest.importorskip("larch.io")
+    from larch import Group
+
+    lib = CandidateLibrary.from_feff(cu_k_dir, ids=CUO_IDS)
+    E = np.arange(lib.energies[0] - 20, lib.energies[-1] - 10, 0.8)
+    rng = np.random.default_rng(2)
+    mu = 1.5 * np.interp(E - 1.0, lib.energies, lib.mean[3]) + 0.2 + rng.normal(0, 0.003, E.size)
+    prj = tmp_path / "sample.prj"
+    proj = larch_io.AthenaProject(str(prj))
+    proj.add_group(Group(energy=E, mu=mu, filename="sample", groupname="sample"))
+    proj.save()
+    spec = read_spectrum(prj)
+    assert spec["mode"] == "athena:sample" and spec["energy"].size == E.size
+    out = tmp_path / "r.json"
+    assert main([str(prj), "--candidates", str(cu_k_dir), "--ids", *CUO_IDS, "--json", str(out),
+                 "--model-std", "0.01"]) == 0
+    res = json.loads(out.read_text())
+    assert res["ranking"][0]["name"] == lib.names[3]
+    assert res["offset_eV"] == pytest.approx(-1.0, abs=0.5)

@@ -102,7 +102,12 @@ def read_spectrum(path, mode: str | None = None, group: str | None = None) -> di
         from larch.io import read_athena
 
         proj = read_athena(str(path), do_preedge=False, do_bkg=False, do_fft=False)
-        groups = [g for g in dir(proj) if not g.startswith("_")]
+        groups = [k for k in dir(proj) if not k.startswith("_")
+                  and hasattr(getattr(proj, k), "energy") and hasattr(getattr(proj, k), "mu")]
+        if not groups:
+            raise ValueError(f"{path}: no group with energy and mu in the Athena project")
+        if group is not None and group not in groups:
+            raise ValueError(f"{path}: no group {group!r}; groups: {groups}")
         name = group if group else groups[0]
         g = getattr(proj, name)
         E = np.asarray(g.energy, dtype=float)
