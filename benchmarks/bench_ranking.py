@@ -125,6 +125,40 @@ def bench_speed(lib: CandidateLibrary, n_points: int = 150) -> dict:
     return out
 
 
+def bench_gpu(lib: CandidateLibrary, n_candidates: int = 100_000, n_points: int = 150) -> dict:
+    """Per-point update of :class:`TorchRankingEngine` on CUDA with ``n_candidates`` (the FEFF
+    spectra repeated with small random perturbations)."""
+    try:
+        import torch
+    except ImportError as exc:
+        return {"available": False, "reason": f"torch: {exc}"}
+    if not torch.cuda.is_available():
+        return {"available": False, "reason": "no CUDA device on this machine"}
+    from xas_callbacks.ranking_torch import TorchRankingEngine
+
+    rng = np.random.default_rng(SEED)
+    reps = int(np.ceil(n_candidates / len(lib)))
+    mean = np.tile(lib.mean, (reps, 1))[:n_candidates]
+    mean = mean * rng.uniform(0.97, 1.03, (n_candidates, 1))
+    names = [f"c{i}" for i in range(n_candidates)]
+    t0 = time.perf_counter()
+    eng = TorchRankingEngine(names, lib.energies, mean, np.full_like(mean, 0.02), device="cuda")
+    build = time.perf_counter() - t0
+    E = rng.permutation(np.linspace(lib.energies[0] - 20, lib.energies[-1] - 15, n_points))
+    y = np.interp(E + 1.0, lib.energies, lib.mean[3]) + rng.normal(0, 0.01, E.size)
+    times = []
+    for k in range(E.size):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        eng.add_point(E[k], y[k], 1e-4)
+        eng.result()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return {"available": True, "device": torch.cuda.get_device_name(0), "n_candidates": n_candidates,
+            "build_s": build, "update_ms_median": 1e3 * float(np.median(times)),
+            "update_ms_mean": 1e3 * float(np.mean(times))}
+
+
 # ------------------------------------------------------------------ 2. held-out computed
 def simulate_measurement(energies, mu, rng, offset, fwhm):
     """A transmission measurement of a computed spectrum: returns energy, i0, it."""
@@ -315,6 +349,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="predictor name (e.g. cu-k) for predicted candidates")
     p.add_argument("--quick", action="store_true", help="40 held-out queries only")
     p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--gpu", action="store_true", help="also time 100,000 candidates on CUDA")
+    p.add_argument("--only-speed", action="store_true")
     p.add_argument("--out", default=str(RESULTS / "ranking.json"))
     args = p.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -336,6 +372,11 @@ def main(argv=None) -> int:
     }
     if not args.skip_speed:
         report["speed_cpu"] = bench_speed(lib)
+    report["speed_gpu"] = bench_gpu(lib) if args.gpu else {"available": None, "reason": "not asked (--gpu)"}
+    print(f"gpu: {report['speed_gpu']}", flush=True)
+    if args.only_speed:
+        Path(args.out).write_text(json.dumps(report, indent=1, default=str))
+        return 0
     report["heldout"] = bench_heldout(lib, split["test"], args.model, args.quick)
     plot_heldout(report["heldout"])
     report["references"] = bench_references(lib, formulas, args.model)

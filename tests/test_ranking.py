@@ -221,3 +221,25 @@ def test_no_points_gives_prior():
     np.testing.assert_allclose(res.probabilities, 0.25)
     assert res.entropy == pytest.approx(np.log(4))
     assert res.names == names  # ties keep library order
+
+
+def test_torch_engine_agrees_with_numpy_engine():
+    pytest.importorskip("torch")
+    from xas_callbacks.ranking_torch import TorchRankingEngine
+
+    names, mean = _library()
+    std = np.full_like(mean, 0.02)
+    E, y, v = _measure(mean[3], shift=1.5, seed=11, fwhm=2.0)
+    ref = RankingEngine(names, GRID, mean, std, config=_cfg(), dtype=np.float32)
+    tor = TorchRankingEngine(names, GRID, mean, std, config=_cfg(), device="cpu")
+    for k in range(E.size):
+        ref.add_point(E[k], y[k], v[k])
+        tor.add_point(E[k], y[k], v[k])
+        if k % 17 == 0:
+            a, b = ref.result(), tor.result()
+            assert a.names[0] == b.names[0]
+    a, b = ref.result(), tor.result()
+    assert a.names == b.names and a.names[0] == "D"
+    np.testing.assert_allclose(a.log_evidence, b.log_evidence, rtol=1e-4, atol=0.05)
+    assert abs(a.offset_mean - b.offset_mean) < 0.02
+    assert abs(a.broadening_mean - b.broadening_mean) < 0.05
