@@ -413,7 +413,8 @@ def reference_problems(model: str, seed: int, *, stream=sys.stdout) -> tuple[lis
             kind="reference", label=fname, element="Cu", edge="K", library=library, true_names=truth,
             sample=sample, offset_eV=float(rng.uniform(-2.0, 2.0)), seed=int(seed * 100_003 + 50_000 + k),
             true_in_candidates=bool(truth), info={"mineral": CU_REFERENCES[fname][0],
-                                                  "formula": CU_REFERENCES[fname][1]},
+                                                  "formula": CU_REFERENCES[fname][1],
+                                                  "xdi_pre_edge_mu": sample.metadata.get("pre_edge_mu")},
         ))
     setup["missing_files"] = [f for f in CU_REFERENCES if not (xdi_dir / f).is_file()]
     return problems, setup
@@ -719,6 +720,8 @@ def run_adaptive_benchmark(args, stream=sys.stdout) -> dict:
             "seed": problem.seed,
             "policies": {p: score(problem, r, conv.size, beam_conv, args.dwell, feff_spectra) for p, r in runs.items()},
         }
+        if problem.kind == "reference":
+            row["xdi_pre_edge_mu"] = problem.info.get("xdi_pre_edge_mu")
         if problem.kind == "heldout":
             row["near_duplicates_of_true"] = problem.near_duplicates
             if args.dedupe:
