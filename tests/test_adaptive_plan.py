@@ -10,6 +10,7 @@ import event_model
 import numpy as np
 import pytest
 from bluesky import RunEngine
+from bluesky.utils import RunEngineInterrupted
 
 from endstation.devices import make_endstation
 from endstation.sample import SimulatedSample
@@ -112,8 +113,9 @@ def test_pause_and_resume_neither_lose_nor_repeat_decisions(library):
             threading.Thread(target=RE.request_pause, kwargs={"defer": True}).start()
 
     RE.subscribe(pause_once)
-    RE(adaptive_xas_plan(es.detectors, es.energy, element="Cu", edge="K", candidates=library, dwell_s=0.2,
-                         seed={"coarse_points": 3}))
+    with pytest.raises(RunEngineInterrupted):
+        RE(adaptive_xas_plan(es.detectors, es.energy, element="Cu", edge="K", candidates=library, dwell_s=0.2,
+                             seed={"coarse_points": 3}))
     assert RE.state == "paused"
     RE.resume()
     assert docs[-1][1]["exit_status"] == "success"
