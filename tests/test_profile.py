@@ -1,0 +1,66 @@
+"""The IPython profile's startup files, executed in order without IPython."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _loader():
+    spec = importlib.util.spec_from_file_location("profile_loader", ROOT / "profile_collection" / "loader.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_startup_files_are_numbered_in_order():
+    names = [p.name for p in _loader().startup_files()]
+    assert names == ["00-base.py", "10-endstation.py", "20-models.py", "30-plans.py", "40-callbacks.py"]
+
+
+@pytest.fixture(scope="module")
+def profile(xdi_library, tmp_path_factory):
+    from endstation.catalog import open_catalog
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XAS_TIME_SCALE", "0")
+    mp.setenv("XAS_PLOTS", "0")
+    mp.setenv("XAS_SAMPLE_XDI", str(xdi_library / "Cu" / "CuO_tenorite_13K_01.xdi"))
+    catalog = open_catalog(directory=tmp_path_factory.getbasetemp() / "xas-catalog")
+    try:
+        yield _loader().load_profile({"catalog": catalog})
+    finally:
+        mp.undo()
+
+
+def test_profile_defines_the_endstation(profile):
+    for name in ("RE", "catalog", "bec", "energy", "I0", "It", "Ir", "If", "dwell_time", "detectors",
+                 "xafs", "xafs_scan", "predictor", "enable_ranking"):
+        assert name in profile, name
+    assert [d.name for d in profile["detectors"]] == ["I0", "It", "Ir", "If", "dwell_time"]
+    assert profile["energy"].name == "energy"
+    assert profile["_predictors"] == {}  # models are loaded lazily, not at startup
+
+
+def test_profile_scan_is_stored_with_endstation_metadata(profile):
+    RE, catalog = profile["RE"], profile["catalog"]
+    (uid,) = RE(profile["xafs"]("Cu", "K", grid={"bounds": "-30 0 20", "steps": "10 5", "times": "0.2 0.2"},
+                                md={"XDI": {"Sample": {"name": "CuO in the profile"}}}))
+    start = catalog[uid].metadata["start"]
+    assert start["plan_name"] == "xafs_scan"
+    assert start["XDI"]["Mono"]["name"] == "Si(111)"
+    assert start["XDI"]["Sample"]["name"] == "CuO in the profile"
+    assert start["XDI"]["Sample"]["formula"] == "CuO"  # from the XDI file that defines the sample
+    assert start["beamline_id"] == "sim-xas"
+    assert catalog[uid].metadata["stop"]["exit_status"] == "success"
+
+
+def test_ranking_hook_is_guarded(profile):
+    cls = profile["XASRankingCallback"]
+    if cls is None:
+        with pytest.raises(RuntimeError, match="not available"):
+            profile["enable_ranking"]()
+    else:
+        assert profile["ranking_callback"] is None  # nothing subscribed until asked
