@@ -270,7 +270,7 @@ class IonChamber(Device):
     def trigger(self) -> DeviceStatus:
         """Count for ``dwell_time`` at the current mono energy; returns a ``DeviceStatus``."""
         dwell = float(self.dwell_time.get())
-        expected = self.physics.rates(self.energy.position)[self.role] * dwell
+        expected = self.physics.rate(self.role, self.energy.position) * dwell
         value = int(self.rng.poisson(max(expected, 0.0)))
         status = DeviceStatus(self)
         wait = dwell * self._time_scale

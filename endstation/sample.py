@@ -292,6 +292,20 @@ class BeamPhysics:
         if not (self.flux > 0 and np.isfinite(self.flux)):
             raise ValueError(f"flux must be a positive number of photons/s, got {self.flux!r}")
 
+    def rate(self, role: str, energy: float) -> float:
+        """Expected counts per second of one role at mono ``energy`` (what a trigger needs)."""
+        true_energy = float(energy) + self.energy_offset
+        if role == "i0":
+            return self.flux
+        if role == "if":
+            return self.flux * (self.fluorescence_yield * float(self.sample.absorber(true_energy)) + self.scatter)
+        it = self.flux * float(np.exp(-self.sample.total(true_energy)))
+        if role == "it":
+            return it
+        if role == "ir":
+            return it * float(np.exp(-self.sample.reference(true_energy)))
+        raise ValueError(f"unknown detector role {role!r}; roles are i0, it, ir, if")
+
     def rates(self, energy: float) -> dict[str, float]:
         """Expected counts per second by role (``i0``, ``it``, ``ir``, ``if``) at mono ``energy``."""
         true_energy = float(energy) + self.energy_offset
