@@ -48,10 +48,10 @@ def _xas_md(**extra):
     return md
 
 
-def _sim_devices(lib, seed=0):
+def _sim_devices(lib, seed=0, true_index=TRUE_INDEX):
     rng = np.random.default_rng(seed)
     energy = SynAxis(name="energy")
-    true = lib.mean[TRUE_INDEX]
+    true = lib.mean[true_index]
 
     def mu_at(e):
         return 0.3 + 0.9 * np.interp(e + SHIFT, lib.energies, true)
@@ -66,12 +66,12 @@ def _sim_devices(lib, seed=0):
     return energy, I0, It
 
 
-def _run_scan(lib, callback, seed=0, md=None):
+def _run_scan(lib, callback, seed=0, md=None, true_index=TRUE_INDEX):
     RE = RunEngine({})
     docs = []
     RE.subscribe(lambda n, d: docs.append((n, copy.deepcopy(d))))
     RE.subscribe(callback)
-    energy, I0, It = _sim_devices(lib, seed)
+    energy, I0, It = _sim_devices(lib, seed, true_index)
     md = md if md is not None else {"xas": _xas_md()}
     RE(list_scan([I0, It], energy, list(_energy_grid(lib))), **md)
     return docs
@@ -356,3 +356,31 @@ def test_renormalisation_rebuilds_are_bounded(feff_library, monkeypatch):
     n = cb.summary["counts"]["points"]
     assert sum(sizes) <= 6 * n
     assert cb.latest_ranking.names[0] == feff_library.names[TRUE_INDEX]
+
+
+def test_library_built_from_start_document_through_predictor(cu_k_dir, tmp_path, monkeypatch):
+    """xas.candidates names a folder of structure files and xas.model the shipped predictor:
+    the callback predicts the candidates itself, lists the failures and records provenance."""
+    try:
+        from models import available_models
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"models.predictor not importable: {exc}")
+    if "cu-k" not in available_models():
+        pytest.skip("no shipped 'cu-k' weights yet")
+    monkeypatch.setenv("XAS_USER_DIR", str(tmp_path / "user"))
+    folder = tmp_path / "candidates"
+    folder.mkdir()
+    for mid in ("mp-1692", "mp-361", "mp-23733"):
+        (folder / f"{mid}.vasp").write_text((cu_k_dir / mid / "POSCAR").read_text())
+    (folder / "no-copper.xyz").write_text("3\nwater\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n")
+    truth = CandidateLibrary.from_feff(cu_k_dir, ids=["mp-1692"], weights="equal", cache=False)
+    emitted = []
+    cb = XASRankingCallback(None, emit=lambda n, d: emitted.append((n, d)), config=CFG)
+    md = {"xas": _xas_md(candidates={"source": str(folder)}, model={"name": "cu-k"})}
+    _run_scan(truth, cb, md=md, true_index=0)
+    start = emitted[0][1]
+    assert start["provenance"]["model"] == "cu-k"
+    assert len(start["provenance"]["weights_sha256"]) == 64
+    assert "no-copper" in start["failures"]
+    assert set(cb.latest_ranking.names) == {"mp-1692", "mp-361", "mp-23733"}
+    assert cb.latest_ranking.names[0] == "mp-1692"
