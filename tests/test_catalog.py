@@ -111,3 +111,19 @@ def test_xas_replay_cli(catalog, stored_run, tmp_path, capsys):
     assert "no-such-uid" in capsys.readouterr().err
     assert main([uid, "--catalog", "http://127.0.0.1:9/api/v1"]) == 2
     assert "cannot reach the Tiled server" in capsys.readouterr().err
+
+
+def test_databroker_v1_api_reads_the_run(catalog, stored_run):
+    pytest.importorskip("doct", reason="databroker.Broker (v1 API) needs 'doct' and 'humanize'")
+    pytest.importorskip("humanize", reason="databroker.Broker (v1 API) needs 'doct' and 'humanize'")
+    from databroker import Broker
+
+    uid, live = stored_run
+    header = Broker(catalog.client)[uid]
+    assert header.start["xas"]["element"] == "Cu"
+    table = header.table()
+    events = [d for n, d in live if n == "event"]
+    assert list(table["It"]) == [e["data"]["It"] for e in events]
+    # and the v2 (xarray) view of bluesky-tiled-plugins
+    dataset = catalog.client[uid].v2.primary.read()
+    assert np.allclose(dataset["energy"].values, [e["data"]["energy"] for e in events])
