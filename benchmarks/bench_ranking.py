@@ -314,7 +314,8 @@ def bench_references(lib: CandidateLibrary, formulas: dict, model: str | None) -
         plt.close(fig)
         scored = [v for v in per_ref.values() if v["true_in_candidates"]]
         out["sets"][label] = {
-            "n_candidates": len(cands), "references": per_ref,
+            "n_candidates": len(cands), "candidate_failures": dict(cands.failures) if label.endswith("_amcsd") else len(cands.failures),
+            "references": per_ref,
             "n_scored": len(scored),
             "top1": float(np.mean([v["top1_hit"] for v in scored])) if scored else None,
             "top3": float(np.mean([v["top3_hit"] for v in scored])) if scored else None,
