@@ -552,7 +552,7 @@ def seed_anchors(element: str, edge: str, model_energies: np.ndarray) -> np.ndar
 
 # ------------------------------------------------------------------------------ scoring
 def score(problem: Problem, run: PolicyRun, n_conventional: int, beam_conventional: float, dwell_s: float,
-          feff_spectra: dict | None) -> dict:
+          feff_spectra: dict | None, keep_energies: bool = False) -> dict:
     from plans.demo import _beam_time
 
     names = run.ranking_names
@@ -574,6 +574,8 @@ def score(problem: Problem, run: PolicyRun, n_conventional: int, beam_convention
         "broadening_fitted_eV": round(run.broadening_eV, 3),
         "wall_s": round(run.wall_s, 3),
     }
+    if keep_energies:
+        row["energies"] = [round(float(x), 2) for x in e]
     if run.stop_reason:
         row["stop_reason"] = run.stop_reason
     if problem.kind == "heldout" and top1 is not None and not row["top1_correct"]:
@@ -718,7 +720,8 @@ def run_adaptive_benchmark(args, stream=sys.stdout) -> dict:
             "n_candidates": len(problem.library),
             "offset_true_eV": round(problem.offset_eV, 3),
             "seed": problem.seed,
-            "policies": {p: score(problem, r, conv.size, beam_conv, args.dwell, feff_spectra) for p, r in runs.items()},
+            "policies": {p: score(problem, r, conv.size, beam_conv, args.dwell, feff_spectra,
+                                  keep_energies=p != "conventional") for p, r in runs.items()},
         }
         if problem.kind == "reference":
             row["xdi_pre_edge_mu"] = problem.info.get("xdi_pre_edge_mu")
@@ -740,6 +743,7 @@ def run_adaptive_benchmark(args, stream=sys.stdout) -> dict:
         "benchmark": "xas-bench adaptive",
         "command": "xas-bench " + " ".join(args.argv),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "git": _git_state(),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "numpy": np.__version__, "cpu_count": os.cpu_count(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
@@ -783,6 +787,20 @@ def run_adaptive_benchmark(args, stream=sys.stdout) -> dict:
         print(f"decision time (suggest, 1000 candidates): {result['decision_time']}", file=stream, flush=True)
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     return result
+
+
+def _git_state() -> dict:
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "plans", "xas_callbacks", "endstation"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        return {"commit": commit, "dirty_code": bool(dirty)}
+    except Exception as exc:  # noqa: BLE001
+        return {"error": str(exc)}
 
 
 def plot_adaptive(result: dict, path: Path) -> None:
