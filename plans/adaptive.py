@@ -60,14 +60,22 @@ class DecisionRecorder(Device):
             getattr(self, key).put(value)
 
 
-def seed_energies(e0: float, model_energies: np.ndarray, seed: Mapping | None = None) -> np.ndarray:
-    """The sparse seed set: anchors for normalisation, then a coarse pass over the model's range."""
+def seed_energies(
+    e0: float, model_energies: np.ndarray, seed: Mapping | None = None, margin_eV: float = 0.0
+) -> np.ndarray:
+    """The sparse seed set: normalisation anchors, then a coarse pass over the model's range.
+
+    The coarse pass stays ``margin_eV`` inside the model's range (the ranking's offset range, so
+    that every seed reading is usable) and runs downwards, so the monochromator ends at the edge,
+    where the candidates differ most.
+    """
     seed = {**DEFAULT_SEED, **(seed or {})}
     lo, hi = float(model_energies[0]), float(model_energies[-1])
     pre = [e0 + d for d in seed["pre_edge"] if e0 + d < lo]
-    coarse = list(np.linspace(lo, hi, int(seed["coarse_points"]))) if seed["coarse_points"] else []
     post = [e0 + d for d in seed["post_edge"] if e0 + d > hi]
-    return np.round(np.asarray(pre + coarse + post, dtype=float), 3)
+    n = int(seed["coarse_points"])
+    coarse = list(np.linspace(hi - margin_eV, lo + margin_eV, n)) if n else []
+    return np.round(np.asarray(pre + post + coarse, dtype=float), 3)
 
 
 def _beam_time(previous: float | None, energy: float, dwell_s: float, speed: float, settle_s: float) -> float:
@@ -163,16 +171,18 @@ def adaptive_xas_plan(
     if len(library) < 1:
         raise ValueError(f"no usable candidates in {candidates!r}: {library.failures}")
     e0 = edge_energy(element, edge) if e0 is None else float(e0)
-    seed_set = seed_energies(e0, library.energies, seed)
+    if feed is None:
+        from xas_callbacks.callback import XASRankingCallback
+
+        feed = InProcessRankingFeed(XASRankingCallback(library))
+    ranking_config = getattr(getattr(feed, "callback", None), "config", None)
+    margin = 0.0 if ranking_config is None else max(abs(ranking_config.offset_min), abs(ranking_config.offset_max))
+    seed_set = seed_energies(e0, library.energies, seed, margin_eV=min(margin, 0.25 * np.ptp(library.energies)))
     _check_limits(energy, seed_set)
     tail_grid = make_grid(element, edge, tail, e0=e0) if tail is not None else None
     if tail_grid is not None:
         _check_limits(energy, tail_grid.energies)
 
-    if feed is None:
-        from xas_callbacks.callback import XASRankingCallback
-
-        feed = InProcessRankingFeed(XASRankingCallback(library))
     agent = EnergySelectionAgent(
         library.names,
         library.energies,
@@ -183,6 +193,7 @@ def adaptive_xas_plan(
         settle_s=settle_s,
         confidence=confidence,
         max_points=max_points,
+        model_floor=ranking_config.model_floor if ranking_config is not None else 0.03,
         **dict(agent_kwargs or {}),
     )
     names = {getattr(det, "name", None) for det in detectors}
@@ -301,6 +312,9 @@ def adaptive_xas_plan(
                 )
                 break
             agent.ingest([{"ranking": _agent_ranking(ranking)}])
+            engine = getattr(getattr(feed, "callback", None), "engine", None)
+            if engine is not None:
+                agent.window = tuple(float(w) for w in engine.window)
             stop, why = agent.should_stop()
             why = why or budget_spent()
             if stop or why:

@@ -181,7 +181,8 @@ def run_demo(
         sample = SimulatedSample.from_spectrum(
             problem.true_energy, problem.true_mu, element=problem.element, edge=problem.edge, name=problem.true_name
         )
-        return make_endstation(sample, seed=seed, time_scale=0.0, energy_offset=offset,
+        # Soft X-ray edges (O K at 543 eV) sit below a hard X-ray mono's usual range.
+        return make_endstation(sample, seed=seed, time_scale=0.0, energy_offset=offset, limits=(100.0, 32000.0),
                                init_energy=float(problem.true_energy[0]))
 
     # The live ranking callback stores its ranking documents in the catalog beside the run.

@@ -158,6 +158,11 @@ class EnergySelectionAgent:
         ``should_stop`` answers yes once this many readings were ingested.
     default_sigma : float
         Noise of a reading (in measured units) assumed until readings with uncertainties arrive.
+    model_floor : float
+        Model-misfit floor (normalised units) added in quadrature to the model uncertainty, as
+        the ranking does: differences smaller than it cannot tell candidates apart.
+    window : (float, float), optional
+        Measured energies the ranking can use; suggestions stay inside it.
     """
 
     def __init__(
@@ -178,6 +183,8 @@ class EnergySelectionAgent:
         confidence: float = 0.95,
         max_points: int | None = None,
         default_sigma: float = 0.01,
+        model_floor: float = 0.03,
+        window: tuple[float, float] | None = None,
     ):
         self.names = list(names)
         self.grid = np.asarray(energies, dtype=float)
@@ -199,6 +206,8 @@ class EnergySelectionAgent:
         self.confidence = float(confidence)
         self.max_points = max_points
         self.default_sigma = float(default_sigma)
+        self.model_floor = float(model_floor)
+        self.window = window
         self._measured = _Measured()
         self._suggested = 0
         self.probabilities = np.full(len(self.names), 1.0 / len(self.names))
@@ -295,7 +304,7 @@ class EnergySelectionAgent:
         model_std = _read_at(self.grid, self.std[order], self.offset_eV, energies)
         scale, background = self._fit_scale(broadened)
         mean = scale[:, None] * shifted + background[:, None]
-        var = (scale[:, None] * model_std) ** 2 + self._expected_sigma() ** 2
+        var = scale[:, None] ** 2 * (model_std**2 + self.model_floor**2) + self._expected_sigma() ** 2
         return pairwise_information_gain(mean, var, weights)
 
     def _fit_scale(self, spectra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -327,6 +336,8 @@ class EnergySelectionAgent:
 
     def _candidate_energies(self) -> np.ndarray:
         lo, hi = self.grid[0] - self.offset_eV, self.grid[-1] - self.offset_eV
+        if self.window is not None:
+            lo, hi = max(lo, self.window[0]), min(hi, self.window[1])
         energies = np.arange(lo, hi + 0.5 * self.step_eV, self.step_eV)
         if self._measured.energy:
             measured = np.asarray(self._measured.energy)

@@ -46,7 +46,7 @@ def test_information_gain_vanishes_once_one_candidate_is_certain():
 
 def test_agent_suggests_the_discriminating_energy_and_respects_the_shared_offset():
     mean, std = _two_candidates(9030.0)
-    agent = EnergySelectionAgent(["plain", "bump"], GRID, mean, std, mono_speed_eV_per_s=1e9)
+    agent = EnergySelectionAgent(["plain", "bump"], GRID, mean, std, mono_speed_eV_per_s=1e9, model_floor=0.0)
     first = agent.suggest(1)[0]
     assert abs(first["energy"] - 9030.0) <= 1.0
     assert first["expected_information_gain"] > 0.1
@@ -64,17 +64,17 @@ def test_travel_cost_pulls_suggestions_towards_the_monochromator():
     bumps_far = base + 0.03 * np.exp(-0.5 * ((GRID - 9050.0) / 1.5) ** 2)
     mean = np.stack([base, bumps + bumps_far - base])
     std = np.full_like(mean, 0.005)
-    slow = EnergySelectionAgent(["a", "b"], GRID, mean, std, mono_speed_eV_per_s=1.0, settle_s=0.0)
+    slow = EnergySelectionAgent(["a", "b"], GRID, mean, std, mono_speed_eV_per_s=1.0, settle_s=0.0, model_floor=0.0)
     slow.ingest([{"energy": 9045.0, "mu": 1.0, "mu_sigma": 0.01}])
     assert abs(slow.suggest(1)[0]["energy"] - 9050.0) <= 1.0
-    slow_far = EnergySelectionAgent(["a", "b"], GRID, mean, std, mono_speed_eV_per_s=1.0, settle_s=0.0)
+    slow_far = EnergySelectionAgent(["a", "b"], GRID, mean, std, mono_speed_eV_per_s=1.0, settle_s=0.0, model_floor=0.0)
     slow_far.ingest([{"energy": 8990.0, "mu": 0.05, "mu_sigma": 0.01}])
     assert abs(slow_far.suggest(1)[0]["energy"] - 9000.0) <= 1.0
 
 
 def test_batch_suggestions_are_separated_and_avoid_measured_energies():
     mean, std = _two_candidates()
-    agent = EnergySelectionAgent(["a", "b"], GRID, mean, std, min_separation_eV=1.0)
+    agent = EnergySelectionAgent(["a", "b"], GRID, mean, std, min_separation_eV=1.0, model_floor=0.0)
     agent.ingest([{"energy": 9030.0, "mu": 1.0, "mu_sigma": 0.01}])
     picks = [p["energy"] for p in agent.suggest(4)]
     assert len(picks) == 4
@@ -109,3 +109,17 @@ def test_beam_time_cost_counts_dwell_settle_and_travel():
     cost = beam_time_cost(np.array([9000.0, 9010.0]), 9000.0, dwell_s=2.0, mono_speed_eV_per_s=5.0, settle_s=0.5)
     assert np.allclose(cost, [2.5, 4.5])
     assert np.allclose(beam_time_cost(np.array([9000.0]), None, 1.0, 5.0, 0.0), [1.0])
+
+
+def test_differences_below_the_model_floor_carry_little_information():
+    mean, std = _two_candidates(9030.0, height=0.03)
+    sharp = EnergySelectionAgent(["a", "b"], GRID, mean, std, model_floor=0.0)
+    floored = EnergySelectionAgent(["a", "b"], GRID, mean, std, model_floor=0.03)
+    assert floored.information_gain(GRID).max() < 0.5 * sharp.information_gain(GRID).max()
+
+
+def test_suggestions_stay_inside_the_rankings_window():
+    mean, std = _two_candidates(9050.0)
+    agent = EnergySelectionAgent(["a", "b"], GRID, mean, std, model_floor=0.0, window=(8990.0, 9040.0))
+    picks = [p["energy"] for p in agent.suggest(5)]
+    assert all(8990.0 <= e <= 9040.0 for e in picks)
