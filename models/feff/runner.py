@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import multiprocessing
 import json
 import os
 import shutil
@@ -534,7 +535,9 @@ def make_executor(
     """
     if scheduler is None:
         n = max(1, int(n_workers or os.cpu_count() or 1))
-        pool = cf.ProcessPoolExecutor(max_workers=n)
+        # spawn, not fork: forking a process that runs threads (a Tiled server, 0MQ, an IPython
+        # session's RunEngine) can deadlock the children.
+        pool = cf.ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"))
         return pool, n, lambda: pool.shutdown(wait=True, cancel_futures=True)
     from dask.distributed import Client
 
