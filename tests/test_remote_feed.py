@@ -86,6 +86,7 @@ def test_adaptive_plan_driven_by_a_ranking_service_in_another_process(library, t
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     feed = RemoteRankingFeed(f"localhost:{out_port}")
+    publisher = json_publisher(f"localhost:{in_port}")
     try:
         for line in service.stdout:  # log lines first, then the service says it listens
             if "ranking service" in line:
@@ -94,12 +95,14 @@ def test_adaptive_plan_driven_by_a_ranking_service_in_another_process(library, t
         sample = SimulatedSample.from_spectrum(library.energies, library.mean[3], element="Cu", edge="K")
         es = make_endstation(sample, seed=2, time_scale=0.0, energy_offset=0.5)
         RE = RunEngine({})
-        RE.subscribe(json_publisher(f"localhost:{in_port}"))
+        RE.subscribe(publisher)
         docs = []
         RE.subscribe(lambda name, doc: docs.append((name, doc)))
         RE(adaptive_xas_plan(es.detectors, es.energy, element="Cu", edge="K", candidates=library, dwell_s=0.5,
                              feed=feed, ranking_timeout_s=30.0))
     finally:
+        # Close 0MQ contexts explicitly: one left to the garbage collector blocks in term().
+        publisher.close()
         feed.close()
         service.terminate()
         service.wait(10)
