@@ -27,6 +27,7 @@ from ophyd import Device, Signal
 from plans.energy_selection import EnergySelectionAgent
 from plans.grids import edge_energy, make_grid
 from plans.ranking_feed import InProcessRankingFeed, RankingFeed
+from plans.xafs import check_limits, detector_roles
 
 __all__ = ["adaptive_xas_plan", "DecisionRecorder", "seed_energies", "DEFAULT_SEED"]
 
@@ -178,10 +179,10 @@ def adaptive_xas_plan(
     ranking_config = getattr(getattr(feed, "callback", None), "config", None)
     margin = 0.0 if ranking_config is None else max(abs(ranking_config.offset_min), abs(ranking_config.offset_max))
     seed_set = seed_energies(e0, library.energies, seed, margin_eV=min(margin, 0.25 * np.ptp(library.energies)))
-    _check_limits(energy, seed_set)
+    check_limits(energy, seed_set, plan_name="adaptive_xas_plan")
     tail_grid = make_grid(element, edge, tail, e0=e0) if tail is not None else None
     if tail_grid is not None:
-        _check_limits(energy, tail_grid.energies)
+        check_limits(energy, tail_grid.energies, plan_name="adaptive_xas_plan")
 
     agent = EnergySelectionAgent(
         library.names,
@@ -196,8 +197,7 @@ def adaptive_xas_plan(
         model_floor=ranking_config.model_floor if ranking_config is not None else 0.03,
         **dict(agent_kwargs or {}),
     )
-    names = {getattr(det, "name", None) for det in detectors}
-    roles = {role: key for role, key in (("i0", "I0"), ("it", "It"), ("ir", "Ir"), ("if", "If")) if key in names}
+    roles = detector_roles(detectors)
     policy = {
         "agent": type(agent).__name__,
         "confidence": confidence,
@@ -350,17 +350,6 @@ def adaptive_xas_plan(
 def _dwell_signal(detectors):
     """The shared counting-time signal among the detectors (the endstation's ``dwell_time``)."""
     return next((det for det in detectors if getattr(det, "name", None) == "dwell_time"), None)
-
-
-def _check_limits(energy, targets) -> None:
-    low, high = getattr(energy, "limits", (0, 0))
-    if low < high:
-        bad = [float(t) for t in np.atleast_1d(targets) if not low <= t <= high]
-        if bad:
-            raise ValueError(
-                f"energies {bad[:3]}{'...' if len(bad) > 3 else ''} eV are outside the limits "
-                f"({low}, {high}) of {energy.name}; nothing was moved"
-            )
 
 
 def _point_from_reading(reading: Mapping, energy_key: str, roles: Mapping, mode: str) -> dict:

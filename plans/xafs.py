@@ -25,8 +25,8 @@ DEFAULT_ROLES = {"i0": "I0", "it": "It", "ir": "Ir", "if": "If"}
 _MODES = ("transmission", "fluorescence")
 
 
-def check_limits(energy: Any, energies: Sequence[float]) -> None:
-    """Raise ``ValueError`` naming the first energy outside ``energy.limits``.
+def check_limits(energy: Any, energies: Sequence[float], plan_name: str = "xafs_scan") -> None:
+    """Raise ``ValueError`` naming the first energy outside ``energy.limits`` (and ``plan_name``).
 
     Positioners whose limits are ``(0, 0)`` or equal (ophyd's "no limits") are not checked.
     """
@@ -39,7 +39,7 @@ def check_limits(energy: Any, energies: Sequence[float]) -> None:
     for value in energies:
         if not (low <= float(value) <= high):
             raise ValueError(
-                f"xafs_scan: energy {float(value):.3f} eV is outside the limits of "
+                f"{plan_name}: energy {float(value):.3f} eV is outside the limits of "
                 f"{getattr(energy, 'name', energy)!r} [{low:g}, {high:g}] eV; nothing was moved"
             )
 

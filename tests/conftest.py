@@ -31,3 +31,21 @@ def qm9_o_k_jsonl():
 @pytest.fixture(scope="session")
 def xdi_library():
     return _require(XAS_DATA_LIBRARY)
+
+
+@pytest.fixture(scope="module")
+def distinct_cu_library(cu_k_dir):
+    """Ten clearly different Cu K-edge candidates from FEFF spectra (max |difference| > 0.15)."""
+    import numpy as np
+
+    from xas_callbacks.candidates import CandidateLibrary
+
+    ids = sorted(os.listdir(cu_k_dir))[:80]
+    full = CandidateLibrary.from_feff(cu_k_dir, ids)
+    chosen: list[int] = []
+    for i in range(len(full)):
+        if all(np.abs(full.mean[i] - full.mean[j]).max() > 0.15 for j in chosen):
+            chosen.append(i)
+        if len(chosen) == 10:
+            break
+    return full.subset([full.names[i] for i in chosen])

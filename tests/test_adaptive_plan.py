@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import defaultdict
 
@@ -20,19 +19,8 @@ from plans.ranking_feed import RemoteRankingFeed
 
 
 @pytest.fixture(scope="module")
-def library(cu_k_dir):
-    """Ten clearly different Cu K-edge candidates (max |difference| > 0.15 between any two)."""
-    from xas_callbacks.candidates import CandidateLibrary
-
-    ids = sorted(os.listdir(cu_k_dir))[:80]
-    full = CandidateLibrary.from_feff(cu_k_dir, ids)
-    chosen: list[int] = []
-    for i in range(len(full)):
-        if all(np.abs(full.mean[i] - full.mean[j]).max() > 0.15 for j in chosen):
-            chosen.append(i)
-        if len(chosen) == 10:
-            break
-    return full.subset([full.names[i] for i in chosen])
+def library(distinct_cu_library):
+    return distinct_cu_library
 
 
 def _endstation(library, true_index, *, seed=3, offset=1.0):

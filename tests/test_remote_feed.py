@@ -59,19 +59,8 @@ def test_ranking_from_event_reads_the_callbacks_ranking_stream():
 
 
 @pytest.fixture(scope="module")
-def library(cu_k_dir):
-    from xas_callbacks.candidates import CandidateLibrary
-    import numpy as np
-
-    ids = sorted(os.listdir(cu_k_dir))[:80]
-    full = CandidateLibrary.from_feff(cu_k_dir, ids)
-    chosen: list[int] = []
-    for i in range(len(full)):
-        if all(np.abs(full.mean[i] - full.mean[j]).max() > 0.15 for j in chosen):
-            chosen.append(i)
-        if len(chosen) == 8:
-            break
-    return full.subset([full.names[i] for i in chosen])
+def library(distinct_cu_library):
+    return distinct_cu_library
 
 
 def test_adaptive_plan_driven_by_a_ranking_service_in_another_process(library, tmp_path):
