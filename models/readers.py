@@ -353,6 +353,8 @@ def read_qm9_jsonl(
     records, report
         Records with ids ``qm9-<index>``; FEFF failures (``error`` key), malformed JSON
         (``file:line``), missing keys and NaN/empty spectra are skipped and listed in the report.
+        Lines without a ``qm9_index`` (the ``name``-keyed lines that ``xas-feff structures``
+        writes for molecules) are skipped with the reason ``no qm9_index``.
     """
     path = Path(path)
     if not path.is_file():
@@ -374,6 +376,12 @@ def read_qm9_jsonl(
                 continue
             if not isinstance(doc, dict):
                 report.skipped.append((where, "malformed JSON: line is not an object"))
+                continue
+            if doc.get("qm9_index") is None:
+                # e.g. a line of `xas-feff structures` (keyed by "name"): not a QM9 molecule
+                label = f" {doc['name']!r}" if isinstance(doc.get("name"), str) else ""
+                report.skipped.append((where, f"no qm9_index: entry{label} is not a QM9 molecule "
+                                              "(written by `xas-feff structures`?)"))
                 continue
             if "error" in doc:
                 report.skipped.append((where, f"FEFF failure: {str(doc['error'])[:200]}"))

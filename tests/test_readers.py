@@ -154,6 +154,25 @@ def test_qm9_reader_counts_and_reasons(tmp_path):
     assert records[0].source.endswith("q.jsonl:1")
 
 
+def test_qm9_reader_skips_lines_of_xas_feff_structures_with_a_reason(tmp_path):
+    """`xas-feff structures` writes molecules keyed by ``name`` (no ``qm9_index``); such lines,
+    good or failed, are skipped and counted under their own reason, the QM9 lines still read."""
+    structures_line = json.loads(_qm9_line(0))
+    del structures_line["qm9_index"]
+    structures_line["name"] = "water"
+    failed_line = {"name": "methane", "smiles": "C", "error": "FeffInputError: absorber O missing"}
+    lines = [json.dumps(structures_line), _qm9_line(7), json.dumps(failed_line), _qm9_line(8, qm9_index=None)]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    records, report = read_qm9_jsonl(path)
+    assert [r.record_id for r in records] == ["qm9-7"]
+    assert report.n_read == 1 and report.n_skipped == 3
+    assert report.reason_counts() == {"no qm9_index": 3}
+    reasons = {int(w.rsplit(":", 1)[1]): r for w, r in report.skipped}
+    assert "'water'" in reasons[1] and "'methane'" in reasons[3] and 4 in reasons
+    assert "no qm9_index" in report.summary()
+
+
 def test_qm9_reader_on_shared_data(qm9_o_k_jsonl):
     records, report = read_qm9_jsonl(qm9_o_k_jsonl, limit=30)
     assert report.n_read + report.n_skipped == 30
