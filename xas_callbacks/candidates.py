@@ -2,8 +2,11 @@
 
 A :class:`CandidateLibrary` holds ``names``, ``energies`` (E,), ``mean`` (N, E), ``std`` (N, E),
 ``failures`` (name -> reason: candidates the model could not handle are listed, never silently
-dropped) and ``provenance`` (model name, weights sha256, candidate-set sha256 computed from the
-file contents / SMILES strings).
+dropped), ``provenance`` (model name, weights sha256, candidate-set sha256 computed from the
+file contents / SMILES strings) and ``sources``: where each candidate's structure comes from (a
+file path, a SMILES string, the material's ``POSCAR`` in a FEFF folder, or a pymatgen dict), so
+that a ranked candidate can be computed again, e.g. with FEFF (``xas-rank --verify-top``).
+Libraries saved before sources were kept load with ``sources`` all ``None``.
 
 Sources:
 
@@ -94,6 +97,12 @@ class CandidateLibrary:
         name -> reason for candidates without a spectrum.
     provenance : dict
         ``model``, ``weights_sha256``, ``candidates_sha256``, ``source``, ``software_version``.
+    sources : list, optional
+        One per name: where the candidate's structure comes from -- an absolute file path
+        (CIF, POSCAR, XYZ, pymatgen JSON; for FEFF folders the material's ``POSCAR``), a SMILES
+        string, a pymatgen ``as_dict()`` of an in-memory structure, or ``None`` when unknown
+        (libraries built from bare spectra, or saved before sources were kept). Read a
+        structure back with :meth:`structure_of`.
     """
 
     names: list[str]
@@ -102,6 +111,7 @@ class CandidateLibrary:
     std: np.ndarray
     failures: dict[str, str] = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    sources: list | None = None
 
     def __post_init__(self) -> None:
         self.names = [str(n) for n in self.names]
@@ -112,6 +122,13 @@ class CandidateLibrary:
             raise ValueError(
                 f"inconsistent library: {len(self.names)} names, energies {self.energies.shape}, "
                 f"mean {self.mean.shape}, std {self.std.shape}"
+            )
+        if self.sources is None:
+            self.sources = [None] * len(self.names)
+        self.sources = list(self.sources)
+        if len(self.sources) != len(self.names):
+            raise ValueError(
+                f"inconsistent library: {len(self.names)} names but {len(self.sources)} sources"
             )
         self.provenance = {
             "model": None,
@@ -125,6 +142,53 @@ class CandidateLibrary:
     def __len__(self) -> int:
         return len(self.names)
 
+    # ---------------------------------------------------------------- structures
+    def source_of(self, name: str):
+        """The structure source of candidate ``name`` (path, SMILES, pymatgen dict) or ``None``.
+
+        Raises
+        ------
+        KeyError
+            ``name`` is not a candidate of this library.
+        """
+        try:
+            return self.sources[self.names.index(name)]
+        except ValueError:
+            raise KeyError(f"{name!r} is not a candidate of this library") from None
+
+    def structure_of(self, name: str):
+        """The pymatgen ``Structure``/``Molecule`` of candidate ``name``, read from its source.
+
+        SMILES are embedded with the same fixed seed as for the prediction
+        (:func:`models.structures.load_structure`), so the geometry is the one the model saw.
+
+        Raises
+        ------
+        KeyError
+            Unknown candidate.
+        ValueError
+            The library holds no structure source for it (message says why), or the source
+            cannot be read (``models.structures.StructureError``, naming file or SMILES).
+        """
+        src = self.source_of(name)
+        if src is None:
+            raise ValueError(
+                f"candidate {name!r} has no structure source: the library was built from bare "
+                "spectra or saved before structure sources were kept; rebuild it from the "
+                "structure files / SMILES / FEFF folder"
+            )
+        if isinstance(src, dict):
+            from pymatgen.core import Molecule, Structure
+
+            cls = Structure if src.get("@class") == "Structure" else Molecule
+            try:
+                return cls.from_dict(src)
+            except Exception as exc:  # noqa: BLE001 -- name the candidate
+                raise ValueError(f"candidate {name!r}: stored pymatgen structure unreadable: {exc}") from exc
+        from models.structures import load_structure
+
+        return load_structure(str(src))
+
     # ---------------------------------------------------------------- builders
     @classmethod
     def from_spectra(
@@ -137,11 +201,13 @@ class CandidateLibrary:
         default_std: float = 0.0,
         failures: dict | None = None,
         provenance: dict | None = None,
+        sources: Sequence | None = None,
     ) -> "CandidateLibrary":
         """A library from computed spectra arrays (FEFF references, tests).
 
         ``std`` None: a constant ``default_std``. The candidate-set sha256 is computed from the
-        names and array bytes.
+        names and array bytes. ``sources``: optional structure source per name (see
+        :class:`CandidateLibrary`); without it the candidates cannot be recomputed.
         """
         mean = np.atleast_2d(np.asarray(mean, dtype=float))
         std = np.full_like(mean, float(default_std)) if std is None else np.asarray(std, dtype=float)
@@ -153,7 +219,8 @@ class CandidateLibrary:
         digest.update(np.ascontiguousarray(mean).tobytes())
         prov = {"model": "computed-spectra", "candidates_sha256": digest.hexdigest()}
         prov.update(provenance or {})
-        return cls(list(names), energies, mean, std, dict(failures or {}), prov)
+        return cls(list(names), energies, mean, std, dict(failures or {}), prov,
+                   list(sources) if sources is not None else None)
 
     @classmethod
     def from_feff(
@@ -203,6 +270,8 @@ class CandidateLibrary:
         if cache and cache_file.exists():
             lib = cls.load(cache_file)
             lib.failures.update(failures)
+            lib.sources = [_feff_poscar(folder, m) for m in lib.names]  # where the folder is now
+            lib.provenance.setdefault("absorber", absorber)
             return lib
         spectra: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         weight_note = {}
@@ -237,7 +306,8 @@ class CandidateLibrary:
         lib = cls.from_spectra(
             names, grid, mean, default_std=default_std, failures=failures,
             provenance={"model": "feff9-computed", "candidates_sha256": key, "source": str(folder),
-                        "site_weights": weights, "weight_notes": weight_note},
+                        "site_weights": weights, "weight_notes": weight_note, "absorber": absorber},
+            sources=[_feff_poscar(folder, m) for m in names],
         )
         if cache:
             lib.save(cache_file)
@@ -275,6 +345,7 @@ class CandidateLibrary:
         items = list(items)
         names = [str(n) for n in names] if names is not None else [_name_of(i) for i in items]
         names = _dedupe(names)
+        source_by_name = {n: _source_of(i) for n, i in zip(names, items)}
         pred = load_predictor(model)
         cand_sha = candidate_set_sha256(items) if all(
             isinstance(i, (str, os.PathLike)) for i in items) else None
@@ -285,7 +356,10 @@ class CandidateLibrary:
             ).hexdigest()
             cache_file = _cache_dir() / f"{key[:32]}.npz"
             if cache_file.exists():
-                return cls.load(cache_file)
+                lib = cls.load(cache_file)
+                if all(s is None for s in lib.sources):  # cached before sources were kept
+                    lib.sources = [source_by_name.get(n) for n in lib.names]
+                return lib
         res = pred.predict(items, batch_size=batch_size, on_error="skip")
         # successes keep input order in res.names, failures in res.failures: merge by label
         failures: dict[str, str] = {}
@@ -306,7 +380,8 @@ class CandidateLibrary:
         lib = cls(out_names, res.energies, mean, std, failures, {
             "model": pred.name, "weights_sha256": pred.weights_sha256,
             "candidates_sha256": cand_sha, "source": source,
-        })
+            "element": getattr(pred, "element", None), "edge": getattr(pred, "edge", None),
+        }, [source_by_name[n] for n in out_names])
         if key is not None:
             lib.save(_cache_dir() / f"{key[:32]}.npz")
         return lib
@@ -368,7 +443,7 @@ class CandidateLibrary:
         fail.update({n: "not in library" for n in names if n not in index})
         rows = [index[n] for n in keep]
         return CandidateLibrary(keep, self.energies, self.mean[rows], self.std[rows], fail,
-                                dict(self.provenance))
+                                dict(self.provenance), [self.sources[i] for i in rows])
 
     def save(self, path) -> Path:
         """Write an ``.npz`` (no pickle)."""
@@ -379,16 +454,42 @@ class CandidateLibrary:
             tmp, names=np.array(self.names, dtype=str), energies=self.energies, mean=self.mean,
             std=self.std, failures=np.array(json.dumps(self.failures)),
             provenance=np.array(json.dumps(self.provenance, default=str)),
+            sources=np.array(json.dumps(self.sources, default=str)),
         )
         os.replace(tmp, path)
         return path
 
     @classmethod
     def load(cls, path) -> "CandidateLibrary":
-        """Read an ``.npz`` written by :meth:`save`."""
+        """Read an ``.npz`` written by :meth:`save`.
+
+        Files written before structure sources were kept (no ``sources`` entry) load with
+        ``sources`` all ``None``.
+        """
         with np.load(path, allow_pickle=False) as z:
+            sources = json.loads(str(z["sources"])) if "sources" in z.files else None
             return cls([str(n) for n in z["names"]], z["energies"], z["mean"], z["std"],
-                       json.loads(str(z["failures"])), json.loads(str(z["provenance"])))
+                       json.loads(str(z["failures"])), json.loads(str(z["provenance"])), sources)
+
+
+def _source_of(item):
+    """What :attr:`CandidateLibrary.sources` keeps for one input item: an existing file as its
+    absolute path, another string (SMILES) as given, a pymatgen object as its ``as_dict()``."""
+    if isinstance(item, (str, os.PathLike)):
+        p = Path(str(item)).expanduser()
+        return str(p.resolve()) if p.is_file() else str(item)
+    if hasattr(item, "to_json"):
+        try:
+            return json.loads(item.to_json())
+        except Exception:  # noqa: BLE001 -- not serialisable: no source, said at verification
+            return None
+    return None
+
+
+def _feff_poscar(folder: Path, material_id: str) -> str | None:
+    """The material's ``POSCAR`` in a FEFF materials folder (absolute), or None."""
+    p = Path(folder) / material_id / "POSCAR"
+    return str(p.resolve()) if p.is_file() else None
 
 
 def _predictor_label(item, i: int) -> str:
