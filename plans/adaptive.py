@@ -24,7 +24,7 @@ from bluesky.utils import MsgGenerator
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
 
-from plans.energy_selection import EnergySelectionAgent
+from plans.energy_selection import AGENTS
 from plans.grids import edge_energy, make_grid
 from plans.ranking_feed import InProcessRankingFeed, RankingFeed
 from plans.xafs import check_limits, detector_roles
@@ -105,6 +105,7 @@ def adaptive_xas_plan(
     ranking_timeout_s: float = 10.0,
     mono_speed_eV_per_s: float = 50.0,
     settle_s: float = 0.2,
+    agent: str | Any = "information-gain",
     agent_kwargs: Mapping | None = None,
     md: Mapping | None = None,
 ) -> MsgGenerator[str]:
@@ -149,8 +150,13 @@ def adaptive_xas_plan(
         conventional grid (recorded in the ``decision`` stream).
     mono_speed_eV_per_s, settle_s : float
         Monochromator travel speed and settling time, for the beam-time cost of each move.
+    agent : str or object
+        Who chooses the energies: ``"information-gain"`` (default,
+        :class:`plans.energy_selection.EnergySelectionAgent`), ``"space-filling"`` (the same
+        stopping rule with model-blind, evenly filling energies: a baseline), or any object with
+        the bluesky-adaptive ``ingest``/``suggest``/``should_stop`` methods, used as given.
     agent_kwargs : dict, optional
-        Extra settings of :class:`plans.energy_selection.EnergySelectionAgent`.
+        Extra settings of the named agent's class.
     md : dict, optional
         Metadata merged into the start document.
 
@@ -184,22 +190,28 @@ def adaptive_xas_plan(
     if tail_grid is not None:
         check_limits(energy, tail_grid.energies, plan_name="adaptive_xas_plan")
 
-    agent = EnergySelectionAgent(
-        library.names,
-        library.energies,
-        library.mean,
-        library.std,
-        dwell_s=dwell_s,
-        mono_speed_eV_per_s=mono_speed_eV_per_s,
-        settle_s=settle_s,
-        confidence=confidence,
-        max_points=max_points,
-        model_floor=ranking_config.model_floor if ranking_config is not None else 0.03,
-        **dict(agent_kwargs or {}),
-    )
+    if isinstance(agent, str):
+        if agent not in AGENTS:
+            raise ValueError(f"agent must be one of {sorted(AGENTS)} or an agent object, got {agent!r}")
+        agent = AGENTS[agent](
+            library.names,
+            library.energies,
+            library.mean,
+            library.std,
+            dwell_s=dwell_s,
+            mono_speed_eV_per_s=mono_speed_eV_per_s,
+            settle_s=settle_s,
+            confidence=confidence,
+            max_points=max_points,
+            model_floor=ranking_config.model_floor if ranking_config is not None else 0.03,
+            **dict(agent_kwargs or {}),
+        )
+    elif agent_kwargs:
+        raise ValueError("agent_kwargs apply to a named agent; configure an agent object yourself")
     roles = detector_roles(detectors)
     policy = {
         "agent": type(agent).__name__,
+        "agent_settings": _agent_settings(agent),
         "confidence": confidence,
         "max_points": max_points,
         "max_beam_time_s": max_beam_time_s,
@@ -313,7 +325,7 @@ def adaptive_xas_plan(
                 break
             agent.ingest([{"ranking": _agent_ranking(ranking)}])
             engine = getattr(getattr(feed, "callback", None), "engine", None)
-            if engine is not None:
+            if engine is not None and hasattr(agent, "window"):
                 agent.window = tuple(float(w) for w in engine.window)
             stop, why = agent.should_stop()
             why = why or budget_spent()
@@ -325,13 +337,7 @@ def adaptive_xas_plan(
                 yield from record("stop", "no energy left that adds information", ranking, [])
                 break
             top = ranking["ranking"][0] if ranking.get("ranking") else {"name": "?", "probability": 0.0}
-            yield from record(
-                "measure",
-                f"largest expected information gain per second ({chosen[0]['gain_per_s']:.3g} nats/s) "
-                f"separating {top['name']} (p={top['probability']:.3f}) from the others",
-                ranking,
-                chosen,
-            )
+            yield from record("measure", _why(chosen[0], top), ranking, chosen)
             for point in chosen:
                 yield from measure(point["energy"])
         if fallback:
@@ -345,6 +351,23 @@ def adaptive_xas_plan(
                 yield from measure(float(target))
 
     return (yield from feed.subscribed(inner()))
+
+
+def _why(choice: Mapping, top: Mapping) -> str:
+    """The reason recorded for measuring ``choice`` next."""
+    if "gain_per_s" in choice:
+        why = f"largest expected information gain per second ({choice['gain_per_s']:.3g} nats/s)"
+    elif "distance_to_nearest_eV" in choice:
+        why = f"farthest from every reading so far ({choice['distance_to_nearest_eV']:.3g} eV)"
+    else:
+        why = "chosen by the agent"
+    return f"{why} separating {top['name']} (p={top['probability']:.3f}) from the others"
+
+
+def _agent_settings(agent) -> dict:
+    """The agent's scalar settings, for the start document (JSON-ready)."""
+    return {k: v for k, v in vars(agent).items()
+            if not k.startswith("_") and isinstance(v, (bool, int, float, str)) and k not in ("offset_eV", "broadening_eV")}
 
 
 def _dwell_signal(detectors):

@@ -32,6 +32,8 @@ __all__ = [
     "pairwise_information_gain",
     "beam_time_cost",
     "EnergySelectionAgent",
+    "SpaceFillingAgent",
+    "AGENTS",
 ]
 
 
@@ -163,6 +165,9 @@ class EnergySelectionAgent:
         the ranking does: differences smaller than it cannot tell candidates apart.
     window : (float, float), optional
         Measured energies the ranking can use; suggestions stay inside it.
+    correlation_length_eV : float
+        Length over which the model's error is correlated: a reading within it of one already
+        taken counts as partly redundant (see :meth:`_novelty`). 0 treats readings as independent.
     """
 
     def __init__(
@@ -177,7 +182,7 @@ class EnergySelectionAgent:
         settle_s: float = 0.2,
         top_k: int = 32,
         mass: float = 0.999,
-        min_separation_eV: float = 0.5,
+        min_separation_eV: float = 2.0,
         step_eV: float = 0.25,
         coarse_step_eV: float = 1.0,
         confidence: float = 0.95,
@@ -185,6 +190,7 @@ class EnergySelectionAgent:
         default_sigma: float = 0.01,
         model_floor: float = 0.03,
         window: tuple[float, float] | None = None,
+        correlation_length_eV: float = 6.0,
     ):
         self.names = list(names)
         self.grid = np.asarray(energies, dtype=float)
@@ -208,6 +214,7 @@ class EnergySelectionAgent:
         self.default_sigma = float(default_sigma)
         self.model_floor = float(model_floor)
         self.window = window
+        self.correlation_length_eV = float(correlation_length_eV)
         self._measured = _Measured()
         self._suggested = 0
         self.probabilities = np.full(len(self.names), 1.0 / len(self.names))
@@ -242,6 +249,8 @@ class EnergySelectionAgent:
         """
         num_points = 1 if num_points is None else int(num_points)
         candidates = self._candidate_energies()
+        if candidates.size == 0:
+            return []
         # Gain varies on the scale of the spectra's features (eV): evaluate it on a coarse
         # subset, then at full resolution only around the most promising coarse energies.
         stride = max(1, int(round(self.coarse_step_eV / self.step_eV)))
@@ -251,6 +260,7 @@ class EnergySelectionAgent:
         near = np.unique(np.clip(best[:, None] + np.arange(-stride, stride + 1)[None, :], 0, candidates.size - 1))
         gain = np.interp(np.arange(candidates.size), coarse, gain_coarse)
         gain[near] = self.information_gain(candidates[near])
+        gain = gain * self._novelty(candidates)
         self.last_gain = gain
         chosen: list[dict] = []
         current = self._measured.energy[-1] if self._measured.energy else None
@@ -329,6 +339,18 @@ class EnergySelectionAgent:
         good = np.isfinite(scale) & np.isfinite(background) & (scale > 0) & (np.abs(det) > 1e-12 * sw * swmm)
         return np.where(good, scale, 1.0), np.where(good, background, 0.0)
 
+    def _novelty(self, energies: np.ndarray) -> np.ndarray:
+        """How much of a reading at each energy is new, given the readings so far.
+
+        The model's error is correlated over a few eV (a misplaced peak is wrong at every energy
+        of that peak), so a reading next to one already taken mostly re-measures the same model
+        error, not the sample: its gain is scaled down by ``1 - max_j exp(-(E - E_j)^2 / 2 l^2)``.
+        """
+        if self.correlation_length_eV <= 0 or not self._measured.energy:
+            return np.ones(energies.size)
+        d = energies[:, None] - np.asarray(self._measured.energy)[None, :]
+        return 1.0 - np.exp(-0.5 * (d / self.correlation_length_eV) ** 2).max(axis=1)
+
     def _expected_sigma(self) -> float:
         if self._measured.sigma:
             return float(np.median(self._measured.sigma))
@@ -355,3 +377,45 @@ class EnergySelectionAgent:
             self.probabilities = probabilities / probabilities.sum()
         self.offset_eV = float(ranking.get("offset_eV", self.offset_eV) or 0.0)
         self.broadening_eV = float(ranking.get("broadening_eV", self.broadening_eV) or 0.0)
+
+
+class SpaceFillingAgent(EnergySelectionAgent):
+    """The same stopping rule, energies chosen without the model: each suggestion is the energy
+    farthest from every reading so far (ties: the least travel), which fills the ranking window
+    like an ever finer uniform grid.
+
+    The baseline ``adaptive_xas_plan(..., agent="space-filling")`` answers the question the
+    information-gain agent must answer: is it the choice of energies, or only the early stop,
+    that saves beam time? Parameters as :class:`EnergySelectionAgent`.
+    """
+
+    def suggest(self, num_points: int | None = 1) -> list[dict]:
+        num_points = 1 if num_points is None else int(num_points)
+        candidates = self._candidate_energies()
+        measured = list(self._measured.energy)
+        current = measured[-1] if measured else None
+        chosen: list[dict] = []
+        for _ in range(num_points):
+            if candidates.size == 0:
+                break
+            if measured:
+                gap = np.abs(candidates[:, None] - np.asarray(measured)[None, :]).min(axis=1)
+            else:
+                gap = np.full(candidates.size, np.inf)
+            cost = beam_time_cost(candidates, current, self.dwell_s, self.mono_speed_eV_per_s, self.settle_s)
+            best = int(np.lexsort((cost, -gap))[0])
+            chosen.append({"_id": self._suggested, "energy": float(candidates[best]),
+                           "distance_to_nearest_eV": float(gap[best]), "cost_s": float(cost[best])})
+            self._suggested += 1
+            current = float(candidates[best])
+            measured.append(current)
+            candidates = candidates[np.abs(candidates - current) >= self.min_separation_eV]
+        return chosen
+
+
+#: Agents ``adaptive_xas_plan`` knows by name (a name keeps the plan's arguments JSON-serialisable
+#: for the queue server).
+AGENTS: dict[str, type[EnergySelectionAgent]] = {
+    "information-gain": EnergySelectionAgent,
+    "space-filling": SpaceFillingAgent,
+}

@@ -93,10 +93,12 @@ def test_pause_and_resume_neither_lose_nor_repeat_decisions(library):
     docs: list[tuple[str, dict]] = []
     RE.subscribe(lambda name, doc: docs.append((name, doc)))
     paused = {"done": False}
+    n_seed = len(seed_energies(8979.0, library.energies, {"coarse_points": 3}))
 
     def pause_once(name, doc):
         # As Ctrl-C would: from another thread (request_pause waits on the RunEngine's loop).
-        if name == "event" and doc["seq_num"] == 12 and not paused["done"]:
+        # After the second adaptive reading, so that decisions lie on both sides of the pause.
+        if name == "event" and doc["seq_num"] == n_seed + 2 and not paused["done"]:
             paused["done"] = True
             threading.Thread(target=RE.request_pause, kwargs={"defer": True}).start()
 
@@ -142,3 +144,30 @@ def test_energies_outside_the_monochromator_limits_are_refused_before_anything_m
     with pytest.raises(ValueError, match="outside the limits"):
         RunEngine({})(adaptive_xas_plan(es.detectors, es.energy, element="Cu", edge="K", candidates=library))
     assert es.energy.position == start
+
+
+def test_the_space_filling_baseline_drives_the_same_plan_and_says_why(library):
+    es = _endstation(library, 2)
+    _, docs = _run(adaptive_xas_plan(es.detectors, es.energy, element="Cu", edge="K", candidates=library,
+                                     dwell_s=0.1, max_points=14, confidence=0.999999,
+                                     agent="space-filling"))
+    start = docs[0][1]
+    assert start["xas"]["policy"]["agent"] == "SpaceFillingAgent"
+    assert start["xas"]["policy"]["agent_settings"]["min_separation_eV"] == 2.0
+    measured = [d["data"]["decision_reason"] for d in _stream(docs, "decision")
+                if d["data"]["decision_action"] == "measure"]
+    assert measured and all("farthest from every reading" in r for r in measured)
+    energies = np.sort([d["data"]["energy"] for d in _stream(docs, "primary")])
+    assert np.diff(energies).min() >= 2.0 - 1e-6
+
+
+def test_an_unknown_agent_name_is_refused_before_anything_moves(library):
+    es = _endstation(library, 0)
+    before = es.energy.position
+    RE = RunEngine({})
+    docs: list = []
+    RE.subscribe(lambda name, doc: docs.append(name))
+    with pytest.raises(ValueError, match="agent must be one of"):
+        RE(adaptive_xas_plan(es.detectors, es.energy, element="Cu", edge="K", candidates=library,
+                             agent="greedy"))
+    assert docs == [] and es.energy.position == before

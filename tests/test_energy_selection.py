@@ -7,6 +7,7 @@ import pytest
 
 from plans.energy_selection import (
     EnergySelectionAgent,
+    SpaceFillingAgent,
     beam_time_cost,
     pairwise_information_gain,
 )
@@ -123,3 +124,42 @@ def test_suggestions_stay_inside_the_rankings_window():
     agent = EnergySelectionAgent(["a", "b"], GRID, mean, std, model_floor=0.0, window=(8990.0, 9040.0))
     picks = [p["energy"] for p in agent.suggest(5)]
     assert all(8990.0 <= e <= 9040.0 for e in picks)
+
+
+def test_a_reading_next_to_one_already_taken_counts_as_mostly_redundant():
+    # Model error is correlated over a few eV: re-measuring the same feature mostly re-measures
+    # the model's error there, so the agent moves on to the next place the candidates differ.
+    base = _edge(8995.0)
+    two_bumps = base + 0.1 * np.exp(-0.5 * ((GRID - 9020.0) / 1.5) ** 2) \
+        + 0.06 * np.exp(-0.5 * ((GRID - 9045.0) / 1.5) ** 2)
+    mean = np.stack([base, two_bumps])
+    std = np.full_like(mean, 0.005)
+    settings = dict(mono_speed_eV_per_s=1e9, model_floor=0.0, min_separation_eV=0.5)
+    agent = EnergySelectionAgent(["plain", "bumps"], GRID, mean, std, correlation_length_eV=4.0, **settings)
+    assert abs(agent.suggest(1)[0]["energy"] - 9020.0) <= 1.0
+    agent.ingest([{"energy": 9020.0, "mu": 1.05, "mu_sigma": 0.01}])
+    assert abs(agent.suggest(1)[0]["energy"] - 9045.0) <= 1.0
+    independent = EnergySelectionAgent(["plain", "bumps"], GRID, mean, std, correlation_length_eV=0.0, **settings)
+    independent.ingest([{"energy": 9020.0, "mu": 1.05, "mu_sigma": 0.01}])
+    assert abs(independent.suggest(1)[0]["energy"] - 9020.0) <= 1.5
+
+
+def test_no_energy_left_gives_no_suggestion_rather_than_an_error():
+    mean, std = _two_candidates()
+    agent = EnergySelectionAgent(["plain", "bump"], GRID, mean, std, min_separation_eV=200.0)
+    agent.ingest([{"energy": 9020.0, "mu": 0.5}])
+    assert agent.suggest(3) == []
+    assert SpaceFillingAgent(["plain", "bump"], GRID, mean, std, min_separation_eV=200.0).suggest(1)[0]
+
+
+def test_space_filling_agent_bisects_the_largest_gap_whatever_the_model_says():
+    mean, std = _two_candidates(9030.0)
+    agent = SpaceFillingAgent(["plain", "bump"], GRID, mean, std, mono_speed_eV_per_s=1e9, min_separation_eV=1.0)
+    agent.ingest([{"energy": e, "mu": 0.5} for e in (8980.0, 9000.0, 9060.0)])
+    chosen = agent.suggest(2)
+    assert chosen[0]["energy"] == pytest.approx(9030.0, abs=0.25)  # middle of the 60 eV gap
+    assert chosen[0]["distance_to_nearest_eV"] == pytest.approx(30.0, abs=0.25)
+    assert chosen[1]["energy"] in (pytest.approx(9015.0, abs=0.25), pytest.approx(9045.0, abs=0.25))
+    # Same stopping rule as the information-gain agent.
+    agent.ingest([{"ranking": {"names": ["plain", "bump"], "probabilities": [0.97, 0.03]}}])
+    assert agent.should_stop()[0]
