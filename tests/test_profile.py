@@ -37,7 +37,7 @@ def profile(xdi_library, tmp_path_factory):
 
 def test_profile_defines_the_endstation(profile):
     for name in ("RE", "catalog", "bec", "energy", "I0", "It", "Ir", "If", "dwell_time", "detectors",
-                 "xafs", "xafs_scan", "predictor", "enable_ranking"):
+                 "xafs", "adaptive", "xafs_scan", "predictor", "enable_ranking"):
         assert name in profile, name
     assert [d.name for d in profile["detectors"]] == ["I0", "It", "Ir", "If", "dwell_time"]
     assert profile["energy"].name == "energy"
@@ -64,3 +64,20 @@ def test_ranking_hook_is_guarded(profile):
             profile["enable_ranking"]()
     else:
         assert profile["ranking_callback"] is None  # nothing subscribed until asked
+
+
+def test_adaptive_plan_in_the_profile_stores_the_run_and_its_ranking(profile, distinct_cu_library):
+    RE, catalog = profile["RE"], profile["catalog"]
+    (uid,) = RE(profile["adaptive"](distinct_cu_library, "Cu", "K", dwell_s=0.1, max_points=16,
+                                    md={"XDI": {"Sample": {"name": "unknown powder"}}}))
+    run = catalog[uid]
+    start = run.metadata["start"]
+    assert start["plan_name"] == "adaptive_xas_plan"
+    assert start["XDI"]["Mono"]["name"] == "Si(111)" and start["XDI"]["Sample"]["name"] == "unknown powder"
+    assert start["xas"]["candidates"]["names"] == list(distinct_cu_library.names)
+    assert "decision" in run and run.metadata["stop"]["exit_status"] == "success"
+    # The ranking run the callback made for this run is stored beside it, linked by uid.
+    client = catalog.client
+    linked = [k for k in list(client)[-5:] if client[k].metadata["start"].get("parent_uid") == uid]
+    assert len(linked) == 1
+    assert client[linked[0]].metadata["start"]["purpose"] == "xas-ranking"

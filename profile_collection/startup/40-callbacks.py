@@ -1,7 +1,7 @@
 """40-callbacks: hook for the live candidate-ranking callback.
 
-``xas_callbacks.XASRankingCallback`` is built by another part of the project; the import is
-guarded so the session starts without it.  ``enable_ranking(library, **kwargs)`` subscribes one
+The import of ``xas_callbacks.XASRankingCallback`` (torch and the models behind it) is guarded so
+that a session for plain XAFS starts without it.  ``enable_ranking(library, **kwargs)`` subscribes one
 to the RunEngine (its ranking documents go to the catalog too); ``disable_ranking()`` removes it.
 """
 
