@@ -31,6 +31,10 @@ from plans.xafs import check_limits, detector_roles
 
 __all__ = ["adaptive_xas_plan", "DecisionRecorder", "seed_energies", "DEFAULT_SEED"]
 
+#: Above this chi^2 per reading, the leading candidate does not explain the readings even with the
+#: model's uncertainty counted: the stop reason says the sample may be none of the candidates.
+MISFIT_REDUCED_CHI2 = 4.0
+
 #: Seed set, relative to E0 unless noted: normalisation anchors below and above the edge, and
 #: ``coarse_points`` evenly over the energy range the model predicts.
 DEFAULT_SEED: dict[str, Any] = {"pre_edge": [-60.0, -30.0], "post_edge": [150.0], "coarse_points": 8}
@@ -43,6 +47,7 @@ class DecisionRecorder(Device):
     top_candidate = Cpt(Signal, value="", kind="hinted")
     top_probability = Cpt(Signal, value=0.0, kind="hinted")
     entropy = Cpt(Signal, value=0.0)
+    top_reduced_chi2 = Cpt(Signal, value=0.0)
     offset_eV = Cpt(Signal, value=0.0)
     broadening_eV = Cpt(Signal, value=0.0)
     ranking_names = Cpt(Signal, value=[""])
@@ -281,6 +286,7 @@ def adaptive_xas_plan(
             top_candidate=ranked[0]["name"] if ranked else "",
             top_probability=float(ranked[0]["probability"]) if ranked else 0.0,
             entropy=float(ranking.get("entropy", np.nan)),
+            top_reduced_chi2=float(ranking.get("top_reduced_chi2", np.nan)),
             offset_eV=float(ranking.get("offset_eV", np.nan)),
             broadening_eV=float(ranking.get("broadening_eV", np.nan)),
             ranking_names=[r["name"] for r in ranked] or [""],
@@ -329,6 +335,10 @@ def adaptive_xas_plan(
                 agent.window = tuple(float(w) for w in engine.window)
             stop, why = agent.should_stop()
             why = why or budget_spent()
+            chi2 = float(ranking.get("top_reduced_chi2", np.nan))
+            if why and chi2 > MISFIT_REDUCED_CHI2:
+                why += (f"; but the leading candidate fits poorly (chi^2 per reading {chi2:.1f}): "
+                        "the sample may be none of the candidates")
             if stop or why:
                 yield from record("stop", why, ranking, [])
                 break

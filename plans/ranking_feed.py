@@ -89,6 +89,7 @@ def ranking_from_event(data: dict) -> dict:
         "offset_eV": float(data.get("offset", 0.0)),
         "broadening_eV": float(data.get("broadening", 0.0)),
         "entropy": float(data.get("entropy", float("nan"))),
+        "top_reduced_chi2": float(data.get("top_reduced_chi2", float("nan"))),
         "n_points": int(data.get("n_points", 0)),
         "n_events": int(data.get("raw_seq_num", data.get("n_points", 0))),
     }

@@ -171,3 +171,25 @@ def test_an_unknown_agent_name_is_refused_before_anything_moves(library):
         RE(adaptive_xas_plan(es.detectors, es.energy, element="Cu", edge="K", candidates=library,
                              agent="greedy"))
     assert docs == [] and es.energy.position == before
+
+
+def test_a_sample_no_candidate_explains_is_flagged_in_the_stop_reason(library):
+    e = library.energies
+    alien = library.mean[0] + 0.6 * np.exp(-0.5 * ((e - e[len(e) // 3]) / 3.0) ** 2)  # a feature none has
+    sample = SimulatedSample.from_spectrum(e, alien, element="Cu", edge="K", name="alien")
+    es = make_endstation(sample, seed=3, time_scale=0.0, energy_offset=0.5)
+    _, docs = _run(adaptive_xas_plan(es.detectors, es.energy, element="Cu", edge="K", candidates=library,
+                                     dwell_s=0.2, max_points=20))
+    last = _stream(docs, "decision")[-1]["data"]
+    assert last["decision_action"] == "stop"
+    assert last["decision_top_reduced_chi2"] > 4.0
+    assert "none of the candidates" in last["decision_reason"]
+
+
+def test_the_true_candidate_fits_within_the_expected_misfit(library):
+    es = _endstation(library, 1)
+    _, docs = _run(adaptive_xas_plan(es.detectors, es.energy, element="Cu", edge="K", candidates=library,
+                                     dwell_s=0.2, max_points=20))
+    last = _stream(docs, "decision")[-1]["data"]
+    assert last["decision_top_candidate"] == library.names[1]
+    assert last["decision_top_reduced_chi2"] < 4.0 and "none of the candidates" not in last["decision_reason"]

@@ -243,3 +243,19 @@ def test_torch_engine_agrees_with_numpy_engine():
     np.testing.assert_allclose(a.log_evidence, b.log_evidence, rtol=1e-4, atol=0.05)
     assert abs(a.offset_mean - b.offset_mean) < 0.02
     assert abs(a.broadening_mean - b.broadening_mean) < 0.05
+
+
+def test_reduced_chi2_is_near_one_for_the_truth_and_large_when_no_candidate_explains_the_data():
+    names, mean = _library()
+    eng = RankingEngine(names[:3], GRID, mean[:3], np.full_like(mean[:3], 0.005), config=_cfg())
+    eng.add_points(*_measure(mean[0], 1.0, noise=0.005))
+    res = eng.result(full=True)
+    assert res.names[0] == "A"
+    chi2 = eng.reduced_chi2(int(res.order[0]), res.offset_map, res.broadening_map)
+    assert 0.2 < chi2 < 2.0
+    # D (a white line 6 eV above the others') is not among the candidates: the best of them
+    # still wins the ranking, but its fit is far outside what noise and model error allow.
+    eng.reset()
+    eng.add_points(*_measure(mean[3], 1.0, noise=0.005))
+    res = eng.result(full=True)
+    assert eng.reduced_chi2(int(res.order[0]), res.offset_map, res.broadening_map) > 10.0

@@ -301,6 +301,7 @@ class XASRankingCallback(DocumentRouter):
         if eng.n_points == 0:
             return
         res = eng.result()
+        res.top_reduced_chi2 = eng.reduced_chi2(int(res.order[0]), res.offset_map, res.broadening_map)
         self.latest_ranking = res
         self.history.append({
             "n_points": res.n_points,
@@ -375,6 +376,7 @@ class XASRankingCallback(DocumentRouter):
             "offset_sd": {"source": "xas-ranking", "dtype": "number", "shape": [], "units": "eV"},
             "broadening": {"source": "xas-ranking", "dtype": "number", "shape": [], "units": "eV"},
             "entropy": {"source": "xas-ranking", "dtype": "number", "shape": []},
+            "top_reduced_chi2": {"source": "xas-ranking", "dtype": "number", "shape": []},
             "n_points": {"source": "xas-ranking", "dtype": "integer", "shape": []},
             "raw_seq_num": {"source": "xas-ranking", "dtype": "integer", "shape": []},
         }
@@ -403,6 +405,7 @@ class XASRankingCallback(DocumentRouter):
             "offset_sd": float(res.offset_sd),
             "broadening": float(res.broadening_mean),
             "entropy": float(res.entropy),
+            "top_reduced_chi2": float(res.top_reduced_chi2),
             "n_points": int(res.n_points),
             "raw_seq_num": int(ev.get("seq_num") or 0),
         }

@@ -104,6 +104,9 @@ class RankingResult:
     n_points: int
     offset_posterior: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     broadening_posterior: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    #: chi^2 per reading of the leading candidate's best fit (noise, model std and floor as
+    #: variance): about 1 when it explains the readings, much more when no candidate does.
+    top_reduced_chi2: float = float("nan")
 
     def top(self, k: int = 5) -> list[tuple[str, float, float]]:
         """The first ``k`` (name, probability, log-evidence)."""
@@ -131,6 +134,7 @@ class RankingResult:
             "broadening_map_eV": float(self.broadening_map),
             "entropy": float(self.entropy),
             "n_points": int(self.n_points),
+            "top_reduced_chi2": float(self.top_reduced_chi2),
         }
 
 
@@ -541,6 +545,21 @@ class RankingEngine:
         h = np.array([np.sum(w * m * y) + ma / sa**2, np.sum(w * y) + mb / sb**2])
         a, b = np.linalg.solve(A, h)
         return float(a), float(b)
+
+    def reduced_chi2(self, index: int, offset: float, broadening: float) -> float:
+        """chi^2 per reading of candidate ``index``'s best fit (:meth:`best_fit`), with the
+        variance the likelihood uses (noise + model std^2 + floor^2); NaN without readings.
+
+        Near 1 when the candidate explains the readings; a leading candidate far above it means
+        the ranking is the best of poor fits: the sample may be none of the candidates.
+        """
+        E, y, var = self.points
+        if E.size == 0:
+            return float("nan")
+        m, s = self.model_at(index, E, offset, broadening)
+        a, b = self.best_fit(index, offset, broadening)
+        r2 = (y - a * m - b) ** 2 / (var + s**2 + self.config.model_floor**2)
+        return float(np.sum(r2) / E.size)
 
 
 def _logsumexp(x: np.ndarray, axis=None) -> np.ndarray:
