@@ -1,16 +1,19 @@
 """``xas-bench``: benchmarks of the steered XAS loop that write JSON and figures.
 
-``xas-bench adaptive`` compares four measurement policies on the same samples, each run as a real
+``xas-bench adaptive`` compares five measurement policies on the same samples, each run as a real
 Bluesky plan on the simulated endstation with the same :class:`XASRankingCallback` ranking the
 candidates:
 
 1. ``adaptive`` -- :func:`plans.adaptive.adaptive_xas_plan` with the in-process ranking callback
-   (stops at ``--confidence`` or ``--max-points``);
-2. ``uniform`` -- the adaptive seed's normalisation anchors plus evenly spaced energies over the
+   and the information-gain agent (stops at ``--confidence`` or ``--max-points``);
+2. ``space-filling`` -- the same plan and stopping rule, energies chosen blind to the model
+   (``agent="space-filling"``: each the farthest from the readings so far), i.e. a uniform grid
+   that stops at confidence: is it the choice of energies or only the early stop that saves?
+3. ``uniform`` -- the adaptive seed's normalisation anchors plus evenly spaced energies over the
    model's range, as many points in all as the adaptive plan used for that sample;
-3. ``random`` -- the same anchors plus uniformly random energies over the model's range (seeded,
+4. ``random`` -- the same anchors plus uniformly random energies over the model's range (seeded,
    measured in increasing order), as many points as the adaptive plan used;
-4. ``conventional`` -- a standard XANES step scan (:data:`CONVENTIONAL_GRID`, every point at the
+5. ``conventional`` -- a standard XANES step scan (:data:`CONVENTIONAL_GRID`, every point at the
    same dwell).
 
 Samples: ``--samples`` held-out materials (the test split of :func:`models.readers.split_ids`,
@@ -45,14 +48,7 @@ import numpy as np
 
 __all__ = ["main", "CONVENTIONAL_GRID", "NEAR_DUPLICATE_MAX_ABS", "POLICIES", "run_adaptive_benchmark"]
 
-POLICIES = ("adaptive", "uniform", "random", "conventional")
-
-#: Optional, not run by default: ``adaptive_xas_plan`` with the two agent fixes this benchmark
-#: proposes, emulated without changing the plan -- the agent (not the callback) is given a library
-#: whose std includes the ranking's model floor (0.03) and whose energies are cut to the ranking
-#: engine's usable window, so that it neither overrates sub-floor differences nor measures where
-#: the ranking discards the reading.
-EXTRA_POLICIES = ("adaptive-fixed",)
+POLICIES = ("adaptive", "space-filling", "uniform", "random", "conventional")
 
 #: The conventional XANES grid every policy is compared with (relative to the tabulated E0).
 CONVENTIONAL_GRID = {"bounds": "-150 -30 -10 40 150", "steps": "10 2 0.5 2"}
@@ -443,18 +439,6 @@ def ranking_window(library) -> tuple[float, float]:
     return float(engine.window[0]), float(engine.window[1])
 
 
-def agent_library(library, floor: float = 0.03):
-    """The library the ``adaptive-fixed`` agent sees: std with the ranking's model floor, energies
-    cut to the ranking window."""
-    from xas_callbacks.candidates import CandidateLibrary
-
-    lo, hi = ranking_window(library)
-    keep = (library.energies >= lo) & (library.energies <= hi)
-    return CandidateLibrary(list(library.names), library.energies[keep], library.mean[:, keep],
-                            np.sqrt(library.std[:, keep] ** 2 + floor**2), dict(library.failures),
-                            dict(library.provenance))
-
-
 def _primary_energies(docs) -> list[float]:
     descriptors = {d["uid"] for n, d in docs if n == "descriptor" and d.get("name") == "primary"}
     return [float(d["data"]["energy"]) for n, d in docs if n == "event" and d["descriptor"] in descriptors]
@@ -483,7 +467,7 @@ def _result(callback, energies, t0, reason="") -> PolicyRun:
 
 
 def run_adaptive(RE, docs, problem: Problem, *, dwell_s: float, confidence: float, max_points: int,
-                 fixed: bool = False) -> PolicyRun:
+                 agent: str = "information-gain") -> PolicyRun:
     from plans.adaptive import adaptive_xas_plan
     from plans.demo import MONO_SPEED_EV_PER_S, SETTLE_S
     from plans.ranking_feed import InProcessRankingFeed
@@ -495,7 +479,7 @@ def run_adaptive(RE, docs, problem: Problem, *, dwell_s: float, confidence: floa
     docs.clear()
     RE(adaptive_xas_plan(
         es.detectors, es.energy, element=problem.element, edge=problem.edge,
-        candidates=agent_library(problem.library) if fixed else problem.library,
+        candidates=problem.library, agent=agent,
         confidence=confidence, max_points=max_points, dwell_s=dwell_s, mono_speed_eV_per_s=MONO_SPEED_EV_PER_S,
         settle_s=SETTLE_S, feed=InProcessRankingFeed(cb), md={"sample_name": "unknown"},
     ))
@@ -586,10 +570,13 @@ def score(problem: Problem, run: PolicyRun, n_conventional: int, beam_convention
     return row
 
 
-def _summary(rows: list[dict]) -> dict:
+def _summary(rows: list[dict], confidence: float) -> dict:
     if not rows:
         return {}
     wrong = [r for r in rows if not r["top1_correct"]]
+    # Samples whose final top-1 probability reached the stopping confidence: for the plans that
+    # stop on it, the ones identified before the point budget ran out.
+    confident = [r for r in rows if (r["top1_probability"] or 0.0) >= confidence]
     out = {
         "n": len(rows),
         "top1": float(np.mean([r["top1_correct"] for r in rows])),
@@ -601,6 +588,12 @@ def _summary(rows: list[dict]) -> dict:
         "median_beam_time_s": float(np.median([r["beam_time_s"] for r in rows])),
         "median_top1_probability": float(np.median([r["top1_probability"] or 0.0 for r in rows])),
         "n_wrong": len(wrong),
+        "n_confident": len(confident),
+        "top1_when_confident": float(np.mean([r["top1_correct"] for r in confident])) if confident else None,
+        "median_fraction_of_points_when_confident":
+            float(np.median([r["fraction_of_points"] for r in confident])) if confident else None,
+        "median_fraction_of_beam_time_when_confident":
+            float(np.median([r["fraction_of_beam_time"] for r in confident])) if confident else None,
     }
     if any("confused_with_near_duplicate" in r for r in wrong):
         near = sum(bool(r.get("confused_with_near_duplicate")) for r in wrong)
@@ -666,7 +659,7 @@ def run_adaptive_benchmark(args, stream=sys.stdout) -> dict:
     from plans.demo import MONO_SPEED_EV_PER_S, SETTLE_S, _beam_time
 
     t_start = time.perf_counter()
-    policies = [p for p in POLICIES + EXTRA_POLICIES if p in set(args.policies)]
+    policies = [p for p in POLICIES if p in set(args.policies)]
     if "adaptive" not in policies and ({"uniform", "random"} & set(policies)):
         raise SystemExit("uniform/random take their point count from the adaptive run: include adaptive")
     make = molecule_problems if args.model == "o-k" else heldout_problems
@@ -698,9 +691,9 @@ def run_adaptive_benchmark(args, stream=sys.stdout) -> dict:
         if "adaptive" in policies:
             runs["adaptive"] = run_adaptive(RE, docs, problem, dwell_s=args.dwell, confidence=args.confidence,
                                             max_points=args.max_points)
-        if "adaptive-fixed" in policies:
-            runs["adaptive-fixed"] = run_adaptive(RE, docs, problem, dwell_s=args.dwell, confidence=args.confidence,
-                                                  max_points=args.max_points, fixed=True)
+        if "space-filling" in policies:
+            runs["space-filling"] = run_adaptive(RE, docs, problem, dwell_s=args.dwell, confidence=args.confidence,
+                                                 max_points=args.max_points, agent="space-filling")
         n_adaptive = len(runs["adaptive"].energies) if "adaptive" in runs else 0
         grid = problem.library.energies
         anchors = seed_anchors(problem.element, problem.edge, grid)
@@ -767,7 +760,8 @@ def run_adaptive_benchmark(args, stream=sys.stdout) -> dict:
             "noise": "Poisson counts of the simulated endstation (I0 = flux * dwell)",
         },
         "heldout_setup": setup,
-        "heldout": {p: _summary([r["policies"][p] for r in heldout if p in r["policies"]]) for p in policies},
+        "heldout": {p: _summary([r["policies"][p] for r in heldout if p in r["policies"]], args.confidence)
+                    for p in policies},
         "heldout_with_near_duplicate_of_true": int(sum(bool(r.get("near_duplicates_of_true")) for r in heldout)),
         "references_setup": ref_setup,
         "references": {
@@ -779,7 +773,8 @@ def run_adaptive_benchmark(args, stream=sys.stdout) -> dict:
             for r in references
         },
         "references_summary": {p: _summary([r["policies"][p] for r in references
-                                            if r["true_in_candidates"] and p in r["policies"]]) for p in policies},
+                                            if r["true_in_candidates"] and p in r["policies"]], args.confidence)
+                               for p in policies},
         "rows": rows,
     }
     if args.decision_time:
@@ -811,7 +806,7 @@ def plot_adaptive(result: dict, path: Path) -> None:
 
     rows = [r for r in result["rows"] if r["kind"] == "heldout"]
     policies = result["settings"]["policies"]
-    colors = {"adaptive": "C0", "uniform": "C1", "random": "C2", "conventional": "C3", "adaptive-fixed": "C4"}
+    colors = {"adaptive": "C0", "uniform": "C1", "random": "C2", "conventional": "C3", "space-filling": "C4"}
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
     for p in policies:
         s = result["heldout"].get(p) or {}
@@ -836,13 +831,13 @@ def plot_adaptive(result: dict, path: Path) -> None:
     if "adaptive" in policies and rows:
         pts = [r["policies"]["adaptive"]["n_points"] for r in rows]
         ok = [r["policies"]["adaptive"]["top1_correct"] for r in rows]
-        top = max(pts + [r["policies"].get("adaptive-fixed", {}).get("n_points", 0) for r in rows])
+        top = max(pts + [r["policies"].get("space-filling", {}).get("n_points", 0) for r in rows])
         bins = np.arange(0.5, top + 1.5, 1)
         bx.hist([[n for n, o in zip(pts, ok) if o], [n for n, o in zip(pts, ok) if not o]], bins=bins,
                 stacked=True, color=["C0", "C7"], label=["adaptive, identified", "adaptive, not identified"])
-        if "adaptive-fixed" in policies:
-            fixed = [r["policies"]["adaptive-fixed"]["n_points"] for r in rows]
-            bx.hist(fixed, bins=bins, histtype="step", color="C4", lw=2, label="adaptive-fixed (all)")
+        if "space-filling" in policies:
+            filling = [r["policies"]["space-filling"]["n_points"] for r in rows]
+            bx.hist(filling, bins=bins, histtype="step", color="C4", lw=2, label="space-filling (all)")
         bx.set_xlabel("points used (uniform and random use as many as adaptive)")
         bx.set_ylabel("samples")
         conv = result["settings"]["conventional_grid"]["n_points"]
@@ -856,23 +851,28 @@ def plot_adaptive(result: dict, path: Path) -> None:
 
 
 def _print_table(result: dict, stream=sys.stdout) -> None:
-    print("\npolicy        top1  top3  (near-dup ok)  median pts  frac pts  frac beam  median p(top1)", file=stream)
+    print("\npolicy         top1  top3  (near-dup ok)  median pts  frac pts  frac beam  median p(top1)"
+          "  | confident: n  top1  frac pts", file=stream)
     for label, block in (("held-out", result["heldout"]), ("references", result["references_summary"])):
         print(f"-- {label}", file=stream)
         for p, s in block.items():
             if not s:
                 continue
             nd = s.get("top1_up_to_near_duplicates")
-            print(f"{p:12s} {s['top1']:5.2f} {s['top3']:5.2f}  {'' if nd is None else f'{nd:5.2f}':>12s}  "
+            conf = (f"{s['n_confident']:3d}  {s['top1_when_confident']:4.2f}  "
+                    f"{s['median_fraction_of_points_when_confident']:8.3f}" if s.get("n_confident") else "  0")
+            print(f"{p:13s} {s['top1']:5.2f} {s['top3']:5.2f}  {'' if nd is None else f'{nd:5.2f}':>12s}  "
                   f"{s['median_points']:10.0f}  {s['median_fraction_of_points']:8.3f}  "
-                  f"{s['median_fraction_of_beam_time']:9.3f}  {s['median_top1_probability']:.3f}", file=stream)
+                  f"{s['median_fraction_of_beam_time']:9.3f}  {s['median_top1_probability']:13.3f}  | {conf}",
+                  file=stream)
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="xas-bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    ad = sub.add_parser("adaptive", help="adaptive vs uniform, random and conventional scans (accuracy, points, beam time)")
+    ad = sub.add_parser("adaptive", help="adaptive vs space-filling, uniform, random and conventional scans "
+                                         "(accuracy, points, beam time)")
     ad.add_argument("--samples", type=int, default=50, help="held-out samples (test split)")
     ad.add_argument("--candidates", type=int, default=40, help="candidates per held-out sample (truth included)")
     ad.add_argument("--model", choices=("cu-k", "o-k", "feff"), default="cu-k",
@@ -881,11 +881,12 @@ def main(argv=None) -> int:
     ad.add_argument("--seed", type=int, default=0)
     ad.add_argument("--dwell", type=float, default=0.5, help="counting time per point (s), every policy")
     ad.add_argument("--confidence", type=float, default=0.95, help="adaptive plan's stopping probability")
-    ad.add_argument("--max-points", type=int, default=40, help="adaptive plan's point budget")
+    ad.add_argument("--max-points", type=int, default=35,
+                    help="point budget of the adaptive and space-filling plans (default 35: 20%% of the "
+                         "conventional grid's 178 points)")
     ad.add_argument("--flux", type=float, default=1.0e7, help="incident photons/s of the simulated endstation")
-    ad.add_argument("--policies", nargs="+", choices=POLICIES + EXTRA_POLICIES, default=list(POLICIES),
-                    help="policies to run (default the four); adaptive-fixed: the plan with the agent fixes "
-                         "this benchmark proposes, emulated (see EXTRA_POLICIES)")
+    ad.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES),
+                    help="policies to run (default all five)")
     ad.add_argument("--references", action=argparse.BooleanOptionalAction, default=True,
                     help="also rank the real measured Cu references (XAS data library)")
     ad.add_argument("--dedupe", action="store_true",
@@ -895,8 +896,24 @@ def main(argv=None) -> int:
                     help="time EnergySelectionAgent.suggest with 1,000 candidates")
     ad.add_argument("--verbose", action="store_true", help="show the ranking callback's per-run log")
     ad.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    su = sub.add_parser("summarize", help="recompute the summaries, table and figure of a written "
+                                          "adaptive_<model>.json from its per-sample rows (no rerun)")
+    su.add_argument("json", type=Path)
     args = parser.parse_args(argv)
     args.argv = argv
+    if args.command == "summarize":
+        result = json.loads(args.json.read_text())
+        confidence = float(result["settings"]["confidence"])
+        policies = result["settings"]["policies"]
+        for key, kind, known in (("heldout", "heldout", False), ("references_summary", "reference", True)):
+            rows = [r for r in result["rows"] if r["kind"] == kind and (r["true_in_candidates"] or not known)]
+            result[key] = {p: _summary([r["policies"][p] for r in rows if p in r["policies"]], confidence)
+                           for p in policies}
+        args.json.write_text(json.dumps(result, indent=1, default=str))
+        plot_adaptive(result, args.json.with_suffix(".png"))
+        _print_table(result)
+        print(f"\nrewrote {args.json} and {args.json.with_suffix('.png')}")
+        return 0
     os.environ.setdefault("MPLBACKEND", "Agg")
     if not args.verbose:
         # the callback's end-of-run note (points outside the model range, renormalisations) per run
