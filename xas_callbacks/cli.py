@@ -349,8 +349,9 @@ def _verdict(name: str, metrics: dict, what: str) -> tuple[str, str]:
         if metrics["model_vs_feff"]["z2"] <= 1.0:
             text += f" (the {what}'s own 1-sigma covers the difference)"
     else:
-        code, text = "disagree", (f"{what} and FEFF disagree for {name} and the measurement "
-                                  f"sides with the {what}: check FEFF's cards before trusting either")
+        code, text = "disagree", (f"{what} and FEFF disagree for {name} and the measurement is "
+                                  f"closer to the {what}: either the {what} is wrong and {name} is "
+                                  "not the sample, or FEFF's cards are too coarse")
     if min(mm, mf) > POOR_FIT_RMS:
         text += f"; neither fits the measurement: {name} is probably not the sample"
     return code, f"{text} ({numbers})"
@@ -458,8 +459,10 @@ def verify_top(engine: RankingEngine, result: RankingResult, library: CandidateL
     if n_pending:
         n_sites = sum(t[2] for v in pending.values() for t in v)
         if progress:
-            print(f"FEFF10: verifying {n_pending} candidates ({n_sites} {absorber} {edge} sites) with "
-                  f"{min(workers, n_sites)} workers; tens of seconds to minutes per site ...",
+            print(f"FEFF10: verifying {_plural(n_pending, 'candidate')} "
+                  f"({_plural(n_sites, f'{absorber} {edge} site')}) with "
+                  f"{_plural(min(workers, n_sites), 'worker')}; tens of seconds to minutes per "
+                  "site ...",
                   file=sys.stderr, flush=True)
         bar = tqdm(total=n_pending, desc="FEFF verify", unit="cand", disable=not progress,
                    file=sys.stderr)
@@ -482,8 +485,10 @@ def verify_top(engine: RankingEngine, result: RankingResult, library: CandidateL
                     chunks.append(cur)
                 for chunk in chunks:
                     t0 = time.perf_counter()
+                    bar.set_postfix_str(", ".join(e["name"] for e, _, _ in chunk)[:40])
                     try:
-                        res = compute_spectra(
+                        res = _with_ticking_bar(
+                            bar, compute_spectra,
                             [s for _, s, _ in chunk], absorber, cards=cards, cluster_radius=radius,
                             n_workers=workers, names=[e["name"] for e, _, _ in chunk],
                             on_error="skip", stage_timeout=stage_timeout)
@@ -527,6 +532,24 @@ def verify_top(engine: RankingEngine, result: RankingResult, library: CandidateL
     return out
 
 
+def _with_ticking_bar(bar, func, *args, **kwargs):
+    """``func(*args, **kwargs)`` in a helper thread while ``bar`` redraws its elapsed time every
+    second (a FEFF chunk can take minutes without finishing a candidate)."""
+    import concurrent.futures as cf
+
+    with cf.ThreadPoolExecutor(max_workers=1) as pool:
+        fut = pool.submit(func, *args, **kwargs)
+        while True:
+            try:
+                return fut.result(timeout=1.0)
+            except cf.TimeoutError:
+                bar.refresh()
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def plot_verification(ver: Verification, path, title: str = "") -> Path | None:
     """One panel per verified candidate: measured points, model and FEFF (fitted amplitude and
     background, at the ranking's offset and broadening). Returns the PNG path, or None when
@@ -542,7 +565,8 @@ def plot_verification(ver: Verification, path, title: str = "") -> Path | None:
     n = len(entries)
     ncols = min(n, 3)
     nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(4.6 * ncols, 8.0), 3.6 * nrows + 0.3),
+                             squeeze=False)
     what = ver.settings.get("compared_with", "model")
     for ax, entry in zip(axes.flat, entries):
         c = ver.curves[entry["name"]]
@@ -559,7 +583,7 @@ def plot_verification(ver: Verification, path, title: str = "") -> Path | None:
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
