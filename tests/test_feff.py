@@ -240,11 +240,13 @@ def test_crystal_folder_output_and_compute_spectra(tmp_path):
 
     with pytest.raises(FeffRunError, match="Cu2O-like: absorber Zn missing"):
         compute_spectra([cu2o()], "Zn", names=["Cu2O-like"])
+    failures: dict[int, str] = {}
     spectra = compute_spectra(
         [cu_metal(), Molecule(["C"], [[0, 0, 0]])], "Cu", CHEAP_CRYSTAL, cluster_radius=3.0,
-        n_workers=1, on_error="skip",
+        n_workers=1, on_error="skip", errors=failures,
     )
     assert spectra[1] is None
+    assert list(failures) == [1] and "absorber Cu missing" in failures[1]
     e2, mu2 = spectra[0]
     np.testing.assert_allclose(e2, energy, atol=1e-3)
     np.testing.assert_allclose(mu2, mu, atol=1e-4)

@@ -188,13 +188,18 @@ def test_a_failed_feff_run_is_an_error_entry_and_the_rest_goes_on(tmp_path, monk
 
     def fake_compute_spectra(structures, absorber, **kw):
         calls.append(([s.composition.reduced_formula for s in structures], absorber, kw))
-        return [(E, mean[0]) if s.composition.reduced_formula == "H2O" else None for s in structures]
+        out = [(E, mean[0]) if s.composition.reduced_formula == "H2O" else None for s in structures]
+        for j, spectrum in enumerate(out):
+            if spectrum is None:
+                kw["errors"][j] = "co: FEFF failed at site 0: stage xsph over the 30 s timeout\n--- FEFF log ..."
+        return out
 
     monkeypatch.setattr(runner, "compute_spectra", fake_compute_spectra)
     ver = verify_top(eng, res, lib, 2, absorber="O", n_workers=2, stage_timeout=30, progress=False)
     by = {e["name"]: e for e in ver.entries}
     assert by["co"]["status"] == "error" and by["co"]["reason"].startswith("co: FEFF10 run failed")
-    assert "30 s timeout" in by["co"]["reason"]
+    assert "stage xsph over the 30 s timeout" in by["co"]["reason"]
+    assert "--- FEFF log" not in by["co"]["reason"]
     assert by["water"]["status"] == "verified" and by["water"]["verdict"] == "agrees"
     assert set(ver.curves) == {"water"}
     # both molecules went to FEFF together with the QM9 set's cards, on the O K edge

@@ -486,12 +486,13 @@ def verify_top(engine: RankingEngine, result: RankingResult, library: CandidateL
                 for chunk in chunks:
                     t0 = time.perf_counter()
                     bar.set_postfix_str(", ".join(e["name"] for e, _, _ in chunk)[:40])
+                    failures: dict[int, str] = {}
                     try:
                         res = _with_ticking_bar(
                             bar, compute_spectra,
                             [s for _, s, _ in chunk], absorber, cards=cards, cluster_radius=radius,
                             n_workers=workers, names=[e["name"] for e, _, _ in chunk],
-                            on_error="skip", stage_timeout=stage_timeout)
+                            on_error="skip", stage_timeout=stage_timeout, errors=failures)
                     except Exception as exc:  # noqa: BLE001 -- e.g. no worker process could start
                         logger.warning("FEFF verification of %s failed: %s",
                                        [e["name"] for e, _, _ in chunk], exc)
@@ -501,14 +502,13 @@ def verify_top(engine: RankingEngine, result: RankingResult, library: CandidateL
                         bar.update(len(chunk))
                         continue
                     dt = time.perf_counter() - t0
-                    for (entry, _, _), spec in zip(chunk, res):
+                    for j, ((entry, _, _), spec) in enumerate(zip(chunk, res)):
                         entry["feff_seconds"] = round(dt, 1)
                         if spec is None:
-                            why = "a FEFF error" + (f", or a stage over the {stage_timeout:g} s "
-                                                    "timeout" if stage_timeout else "")
+                            why = failures.get(j, "no spectrum came back").split("\n--- FEFF log")[0]
                             entry.update(status="error", reason=(
-                                f"{entry['name']}: FEFF10 run failed ({why}); run `xas-feff "
-                                "structures` on its structure to see FEFF's log"))
+                                f"{entry['name']}: FEFF10 run failed: {why[:500]}; run `xas-feff "
+                                "structures` on its structure for FEFF's whole log"))
                         else:
                             spectra[entry["name"]] = spec
                     bar.update(len(chunk))

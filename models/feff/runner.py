@@ -742,6 +742,7 @@ def compute_spectra(
     names: Sequence[str] | None = None,
     on_error: str = "raise",
     stage_timeout: float | None = None,
+    errors: dict[int, str] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray] | None]:
     """FEFF10 spectra of a few structures, site-averaged, computed in parallel in memory.
 
@@ -761,6 +762,9 @@ def compute_spectra(
     on_error
         ``"raise"``: raise :class:`FeffRunError` naming the first failed structure and reason;
         ``"skip"``: put ``None`` at its position.
+    errors
+        A dict to fill with ``{position: reason}`` of the structures that failed (with
+        ``on_error="skip"``, the only place the reasons are kept).
 
     Returns
     -------
@@ -772,7 +776,7 @@ def compute_spectra(
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     labels = [structure_label(s, names[i] if names else None) for i, s in enumerate(structures)]
     out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(structures)
-    errors: dict[int, str] = {}
+    errors = {} if errors is None else errors
     tasks: list[tuple[int, SiteInput]] = []
     for i, s in enumerate(structures):
         try:
