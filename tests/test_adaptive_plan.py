@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 
 import event_model
@@ -193,3 +194,40 @@ def test_the_true_candidate_fits_within_the_expected_misfit(library):
     last = _stream(docs, "decision")[-1]["data"]
     assert last["decision_top_candidate"] == library.names[1]
     assert last["decision_top_reduced_chi2"] < 4.0 and "none of the candidates" not in last["decision_reason"]
+
+
+def test_a_beam_dump_suspends_the_plan_which_resumes_without_repeating_a_decision(library):
+    from bluesky.suspenders import SuspendFloor
+    from ophyd import Signal
+
+    es = _endstation(library, 4)
+    ring_current = Signal(name="ring_current", value=400.0)
+    RE = RunEngine({})
+    RE.install_suspender(SuspendFloor(ring_current, suspend_thresh=100.0, resume_thresh=300.0, sleep=0.2))
+    docs: list[tuple[str, dict]] = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    n_seed = len(seed_energies(8979.0, library.energies, {"coarse_points": 3}))
+    dumped = {"done": False, "restored_at": None}
+
+    def restore():
+        dumped["restored_at"] = time.time()
+        ring_current.put(400.0)
+
+    def beam_dump(name, doc):
+        if name == "event" and doc["seq_num"] == n_seed + 1 and not dumped["done"]:
+            dumped["done"] = True
+            dumped["dumped_at"] = time.time()
+            ring_current.put(0.0)
+            threading.Timer(0.5, restore).start()
+
+    RE.subscribe(beam_dump)
+    RE(adaptive_xas_plan(es.detectors, es.energy, element="Cu", edge="K", candidates=library, dwell_s=0.2,
+                         seed={"coarse_points": 3}, confidence=0.999999, max_points=n_seed + 6))
+    assert dumped["done"] and dumped["restored_at"] is not None
+    assert docs[-1][1]["exit_status"] == "success"
+    # Nothing was measured while the beam was down.
+    times = [d["time"] for d in _stream(docs, "primary")]
+    assert not any(dumped["dumped_at"] + 0.05 < t < dumped["restored_at"] for t in times)
+    decisions = [d["data"]["decision_n_points"] for d in _stream(docs, "decision")]
+    assert decisions == sorted(set(decisions)), "a decision was repeated after the suspension"
+    assert decisions[-1] == n_seed + 6  # the point budget counted every reading once
