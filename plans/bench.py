@@ -123,12 +123,12 @@ def _feff_root() -> Path:
     return data_path(CU_K_FEFF)
 
 
-def _cu_test_ids() -> list[str]:
+def _cu_split_ids(split: str = "test") -> list[str]:
     from models.readers import split_ids
 
     root = _feff_root()
     ids = sorted(p.name for p in root.iterdir() if (p / "FEFF-XANES").is_dir())
-    return sorted(split_ids(ids)["test"])
+    return sorted(split_ids(ids)[split])
 
 
 def _groups(names: list[str], spectra: np.ndarray, threshold: float) -> dict[str, str]:
@@ -151,7 +151,7 @@ def _groups(names: list[str], spectra: np.ndarray, threshold: float) -> dict[str
 
 
 def heldout_problems(model: str, n_samples: int, n_candidates: int, seed: int, *, dedupe: bool = False,
-                     stream=sys.stdout) -> tuple[list[Problem], dict, dict]:
+                     split: str = "test", stream=sys.stdout) -> tuple[list[Problem], dict, dict]:
     """Cu K-edge held-out materials: candidates = test-split structures, sample = FEFF of one.
 
     Returns the problems, a JSON-ready description and the FEFF spectra (name -> mu on one grid)
@@ -161,7 +161,7 @@ def heldout_problems(model: str, n_samples: int, n_candidates: int, seed: int, *
     from xas_callbacks.candidates import CandidateLibrary
 
     root = _feff_root()
-    test = _cu_test_ids()
+    test = _cu_split_ids(split)
     rng = np.random.default_rng(seed)
     truths = rng.choice(test, size=min(n_samples, len(test)), replace=False).tolist()
     drawn = []
@@ -177,7 +177,7 @@ def heldout_problems(model: str, n_samples: int, n_candidates: int, seed: int, *
         t0 = time.perf_counter()
         have = [n for n in union if n in set(feff.names)]
         full = CandidateLibrary.from_structures([str(root / i / "POSCAR") for i in have], model=model,
-                                                names=have, source=f"{root} (test split)")
+                                                names=have, source=f"{root} ({split} split)")
         print(f"predicted {len(full)} test-split structures with {model} in {time.perf_counter() - t0:.1f} s"
               f" ({len(full.failures)} failures)", file=stream, flush=True)
     usable = set(full.names) & set(feff.names)
@@ -207,8 +207,8 @@ def heldout_problems(model: str, n_samples: int, n_candidates: int, seed: int, *
             groups=groups, info={"candidates": chosen, "dropped_candidates": dropped},
         ))
     setup = {
-        "split": "models.readers.split_ids(ids)['test'] over the materials with FEFF-XANES spectra",
-        "n_test_split": len(test),
+        "split": f"models.readers.split_ids(ids)[{split!r}] over the materials with FEFF-XANES spectra",
+        f"n_{split}_split": len(test),
         "n_materials_drawn": len(union),
         "candidate_failures": dict(full.failures),
         "feff_failures": dict(feff.failures),
@@ -219,7 +219,7 @@ def heldout_problems(model: str, n_samples: int, n_candidates: int, seed: int, *
 
 
 def molecule_problems(model: str, n_samples: int, n_candidates: int, seed: int, *, dedupe: bool = False,
-                      stream=sys.stdout) -> tuple[list[Problem], dict, dict]:
+                      split: str = "test", stream=sys.stdout) -> tuple[list[Problem], dict, dict]:
     """O K-edge held-out QM9 molecules: candidates = test-split molecules predicted by ``model``,
     sample = the FEFF10 spectrum (average over the O sites) of one of them."""
     from endstation.sample import SimulatedSample
@@ -229,7 +229,7 @@ def molecule_problems(model: str, n_samples: int, n_candidates: int, seed: int, 
 
     records, _ = read_qm9_jsonl(data_path(QM9_O_K))
     by_id = {r.record_id: r for r in records}
-    test = sorted(split_ids(sorted(by_id))["test"])
+    test = sorted(split_ids(sorted(by_id))[split])
     rng = np.random.default_rng(seed)
     truths = rng.choice(test, size=min(n_samples, len(test)), replace=False).tolist()
     drawn = []
@@ -252,8 +252,8 @@ def molecule_problems(model: str, n_samples: int, n_candidates: int, seed: int, 
     feff_spectra = {n: np.interp(common, g, m) for n, (g, m) in spectra.items()}
     t0 = time.perf_counter()
     full = CandidateLibrary.from_structures([by_id[n].structure for n in union], model=model, names=union,
-                                            source=f"{data_path(QM9_O_K)} (test split)")
-    print(f"predicted {len(full)} test-split molecules with {model} in {time.perf_counter() - t0:.1f} s",
+                                            source=f"{data_path(QM9_O_K)} ({split} split)")
+    print(f"predicted {len(full)} {split}-split molecules with {model} in {time.perf_counter() - t0:.1f} s",
           file=stream, flush=True)
     usable = set(full.names)
     problems, skipped = [], {}
@@ -282,8 +282,8 @@ def molecule_problems(model: str, n_samples: int, n_candidates: int, seed: int, 
                                  "limits": (100.0, 32000.0)},
         ))
     setup = {
-        "split": "models.readers.split_ids(record ids)['test'] over the QM9 O K-edge FEFF10 records",
-        "n_test_split": len(test),
+        "split": f"models.readers.split_ids(record ids)[{split!r}] over the QM9 O K-edge FEFF10 records",
+        f"n_{split}_split": len(test),
         "n_materials_drawn": len(union),
         "candidate_failures": dict(full.failures),
         "samples_skipped": skipped,
@@ -664,7 +664,7 @@ def run_adaptive_benchmark(args, stream=sys.stdout) -> dict:
         raise SystemExit("uniform/random take their point count from the adaptive run: include adaptive")
     make = molecule_problems if args.model == "o-k" else heldout_problems
     problems, setup, feff_spectra = make(args.model, args.samples, args.candidates, args.seed,
-                                         dedupe=args.dedupe, stream=stream)
+                                         dedupe=args.dedupe, split=args.split, stream=stream)
     element = problems[0].element if problems else ("O" if args.model == "o-k" else "Cu")
     ref_setup = None
     if args.references and element != "Cu":
@@ -743,7 +743,7 @@ def run_adaptive_benchmark(args, stream=sys.stdout) -> dict:
                     "load_average": list(os.getloadavg())},
         "settings": {
             "model": args.model, "samples": args.samples, "candidates": args.candidates, "seed": args.seed,
-            "dwell_s": args.dwell, "confidence": args.confidence, "max_points": args.max_points,
+            "split": args.split, "dwell_s": args.dwell, "confidence": args.confidence, "max_points": args.max_points,
             "flux_photons_per_s": args.flux, "dedupe": args.dedupe, "policies": policies,
             "offset_eV": "U(-2, 2), unknown to the plans",
             "conventional_grid": {**CONVENTIONAL_GRID, "dwell_s": args.dwell, "n_points": int(conv.size),
@@ -873,7 +873,10 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     ad = sub.add_parser("adaptive", help="adaptive vs space-filling, uniform, random and conventional scans "
                                          "(accuracy, points, beam time)")
-    ad.add_argument("--samples", type=int, default=50, help="held-out samples (test split)")
+    ad.add_argument("--samples", type=int, default=50, help="held-out samples (of --split)")
+    ad.add_argument("--split", choices=("test", "val"), default="test",
+                    help="where samples and candidates come from: 'val' (validation) to choose settings, "
+                         "'test' (default) to report them")
     ad.add_argument("--candidates", type=int, default=40, help="candidates per held-out sample (truth included)")
     ad.add_argument("--model", choices=("cu-k", "o-k", "feff"), default="cu-k",
                     help="predictor of the candidates' spectra: cu-k (Cu K-edge crystals), o-k (O K-edge QM9 "
@@ -921,7 +924,8 @@ def main(argv=None) -> int:
     if args.command == "adaptive":
         result = run_adaptive_benchmark(args)
         args.out.mkdir(parents=True, exist_ok=True)
-        stem = f"adaptive_{args.model}" + ("_dedupe" if args.dedupe else "")
+        stem = (f"adaptive_{args.model}" + ("_dedupe" if args.dedupe else "")
+                + ("" if args.split == "test" else f"_{args.split}"))
         (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
         plot_adaptive(result, args.out / f"{stem}.png")
         _print_table(result)
