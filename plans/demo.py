@@ -226,9 +226,9 @@ def run_demo(
         "top1_probability": float(live_ranking.probabilities[0]) if live_ranking else None,
         "top3": live_ranking.names[:3] if live_ranking else [],
         "identified": bool(live_ranking and live_ranking.names[0] == problem.true_name),
-        # The ranking's offset dE means "a reading at E sees the model at E + dE"; the endstation's
-        # offset is the opposite sign convention, so the fitted one is reported in the latter.
-        "offset_fitted_eV": -float(live_ranking.offset_mean) if live_ranking else None,
+        # Same convention in the ranking and the endstation: a reading at mono energy E sees the
+        # spectrum at E + offset.
+        "offset_fitted_eV": float(live_ranking.offset_mean) if live_ranking else None,
         "broadening_fitted_eV": float(live_ranking.broadening_mean) if live_ranking else None,
         "points_adaptive": len(adaptive_events),
         "beam_time_adaptive_s": _beam_time(

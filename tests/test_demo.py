@@ -1,0 +1,31 @@
+"""``xas-demo``, the README's main job, end to end on a small O K-edge problem."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+
+def test_demo_identifies_stores_and_replays(qm9_o_k_jsonl, tmp_path, tmp_path_factory):
+    from plans.demo import molecule_problem, run_demo
+
+    problem = molecule_problem(n_candidates=6, seed=2)
+    log = io.StringIO()
+    # The session's local Tiled server (shared with the catalog tests through the directory).
+    # Without the conventional comparison scan: its 350 points through the catalog take minutes.
+    summary = run_demo(problem, out_dir=tmp_path, seed=2, dwell_s=0.2, stream=log, conventional=False,
+                       catalog_dir=str(tmp_path_factory.getbasetemp() / "xas-catalog"))
+    json.dumps(summary)  # the --json summary is plain JSON
+    for key in ("true_candidate", "top1", "top1_probability", "points_adaptive", "beam_time_adaptive_s",
+                "replay_match", "uid_adaptive"):
+        assert key in summary, key
+    assert summary["replay_match"] is True
+    assert summary["storage_failures"] == 0
+    assert summary["true_candidate"] == problem.true_name
+    assert 0 < summary["points_adaptive"] <= 40 and summary["beam_time_adaptive_s"] > 0
+    assert summary["identified"] == (summary["top1"] == problem.true_name)
+    # The fitted calibration offset is reported in the endstation's sign convention.
+    assert summary["offset_fitted_eV"] == pytest.approx(summary["offset_true_eV"], abs=1.0)
+    assert (tmp_path / "adaptive_ranking.png").stat().st_size > 0
