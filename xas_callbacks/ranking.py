@@ -451,31 +451,40 @@ class RankingEngine:
             posterior mass above ``config.prune_eps`` at the last full evaluation (plus a margin)
             are evaluated. The choice depends on the data only, so results stay deterministic.
         """
-        cfg = self.config
         if full is None:
             full = self._need_full()
         if full:
             sl_b, sl_o = slice(0, self.broadenings.size), slice(0, self.offsets.size)
         else:
             sl_b, sl_o = self._active["b"], self._active["o"]
-        offsets = self.offsets[sl_o]
-        broadenings = self.broadenings[sl_b]
+        logZ_c, cell = self._evidence_and_cells(sl_b, sl_o)
+        return self._posterior(logZ_c, cell, full, sl_b, sl_o)
+
+    def _evidence_and_cells(self, sl_b: slice, sl_o: slice) -> tuple[np.ndarray, np.ndarray]:
+        """Log evidence of each candidate, marginalised over the (broadening, offset) cells in
+        ``sl_b, sl_o``, and the (unnormalised) posterior mass of each cell summed over the
+        candidates: the heavy part of :meth:`result`, one exp pass over (W, O, N)."""
         L = self._log_evidence_won(sl_b, sl_o)  # (W, O, N)
         L += (self._log_prior_offset[sl_o][None, :] + self._log_prior_broadening[sl_b][:, None])[:, :, None]
         N = L.shape[-1]
-        # candidate evidence marginalised over offset and broadening: one exp pass
         flat = L.reshape(-1, N)
         mx = flat.max(axis=0)
         mx = np.where(np.isfinite(mx), mx, 0.0)
         ex = np.exp(flat - mx[None, :])
-        sums = ex.sum(axis=0)
-        logZ_c = np.log(sums) + mx
-        joint = logZ_c + self._log_prior_cand
-        total = _logsumexp(joint)
-        post = np.exp(joint - total)
-        # cell posterior = ex * exp(mx + prior_c - total)
+        logZ_c = np.log(ex.sum(axis=0)) + mx
+        total = _logsumexp(logZ_c + self._log_prior_cand)
+        # cell posterior = ex * exp(mx + prior_c - total), summed over candidates
         scale = np.exp(mx + self._log_prior_cand - total)
-        cell = (ex * scale[None, :]).sum(axis=1).reshape(L.shape[:2])  # (W, O), summed over c
+        cell = (ex * scale[None, :]).sum(axis=1).reshape(L.shape[:2])  # (W, O)
+        return logZ_c, cell
+
+    def _posterior(self, logZ_c: np.ndarray, cell: np.ndarray, full: bool, sl_b: slice,
+                   sl_o: slice) -> RankingResult:
+        """The :class:`RankingResult` from :meth:`_evidence_and_cells`' output."""
+        offsets = self.offsets[sl_o]
+        broadenings = self.broadenings[sl_b]
+        joint = logZ_c + self._log_prior_cand
+        post = np.exp(joint - _logsumexp(joint))
         p_off_act = cell.sum(axis=0)
         p_b_act = cell.sum(axis=1)
         p_off_act = p_off_act / p_off_act.sum()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xas_callbacks.ranking import RankingConfig, RankingEngine, RankingResult, _logsumexp
+from xas_callbacks.ranking import RankingConfig, RankingEngine, _logsumexp
 
 __all__ = ["TorchRankingEngine"]
 
@@ -115,15 +115,8 @@ class TorchRankingEngine(RankingEngine):
     def _log_evidence_won(self, sl_b: slice, sl_o: slice) -> np.ndarray:
         return self._log_evidence_t(sl_b, sl_o).cpu().numpy()
 
-    def result(self, full: bool | None = None) -> RankingResult:
+    def _evidence_and_cells(self, sl_b: slice, sl_o: slice) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
-        if full is None:
-            full = self._need_full()
-        if full:
-            sl_b, sl_o = slice(0, self.broadenings.size), slice(0, self.offsets.size)
-        else:
-            sl_b, sl_o = self._active["b"], self._active["o"]
-        offsets, broadenings = self.offsets[sl_o], self.broadenings[sl_b]
         L = self._log_evidence_t(sl_b, sl_o)
         prior = (self._log_prior_offset[sl_o][None, :] + self._log_prior_broadening[sl_b][:, None])
         L = L + torch.from_numpy(prior).to(self.device)[:, :, None]
@@ -133,40 +126,10 @@ class TorchRankingEngine(RankingEngine):
         mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
         ex = torch.exp(flat - mx[None, :])
         logZ_c = (torch.log(ex.sum(dim=0)) + mx).cpu().numpy()
-        joint = logZ_c + self._log_prior_cand
-        total = _logsumexp(joint)
-        post = np.exp(joint - total)
+        total = _logsumexp(logZ_c + self._log_prior_cand)
         scale = torch.from_numpy(np.exp(mx.cpu().numpy() + self._log_prior_cand - total)).to(self.device)
         cell = (ex * scale[None, :]).sum(dim=1).reshape(L.shape[:2]).cpu().numpy()
-        p_off_act = cell.sum(axis=0)
-        p_b_act = cell.sum(axis=1)
-        p_off_act = p_off_act / p_off_act.sum()
-        p_b_act = p_b_act / p_b_act.sum()
-        p_off = np.zeros(self.offsets.size)
-        p_off[sl_o] = p_off_act
-        p_b = np.zeros(self.broadenings.size)
-        p_b[sl_b] = p_b_act
-        if full:
-            self._set_active(p_b, p_off)
-        else:
-            self._active["edge_mass"] = float(
-                (p_off_act[0] if sl_o.start > 0 else 0.0)
-                + (p_off_act[-1] if sl_o.stop < self.offsets.size else 0.0)
-                + (p_b_act[0] if sl_b.start > 0 else 0.0)
-                + (p_b_act[-1] if sl_b.stop < self.broadenings.size else 0.0))
-        off_mean = float(np.dot(p_off_act, offsets))
-        off_sd = float(np.sqrt(max(np.dot(p_off_act, (offsets - off_mean) ** 2), 0.0)))
-        order = np.lexsort((np.arange(post.size), -post))
-        nz = post[post > 0]
-        return RankingResult(
-            names=[self.names[i] for i in order], probabilities=post[order],
-            log_evidence=logZ_c[order], order=order, offset_mean=off_mean, offset_sd=off_sd,
-            offset_map=float(self.offsets[int(np.argmax(p_off))]),
-            broadening_mean=float(np.dot(p_b_act, broadenings)),
-            broadening_map=float(self.broadenings[int(np.argmax(p_b))]),
-            entropy=float(-np.sum(nz * np.log(nz))), n_points=self.n_points,
-            offset_posterior=p_off, broadening_posterior=p_b,
-        )
+        return logZ_c, cell
 
     def model_at(self, index: int, energy, offset: float, broadening: float):
         jb = int(np.argmin(np.abs(self.broadenings - broadening)))
