@@ -131,6 +131,19 @@ def _cu_split_ids(split: str = "test") -> list[str]:
     return sorted(split_ids(ids)[split])
 
 
+def _draw(ids: list[str], n_samples: int, n_candidates: int, seed: int) -> list[tuple[str, list[str], float]]:
+    """``(truth, candidates, offset_eV)`` per sample: distinct truths, each among
+    ``n_candidates`` ids drawn from ``ids``, and a calibration offset in [-2, 2] eV (seeded)."""
+    rng = np.random.default_rng(seed)
+    truths = rng.choice(ids, size=min(n_samples, len(ids)), replace=False).tolist()
+    drawn = []
+    for truth in truths:
+        others = [n for n in ids if n != truth]
+        chosen = [truth] + rng.choice(others, size=min(n_candidates - 1, len(others)), replace=False).tolist()
+        drawn.append((truth, sorted(chosen), float(rng.uniform(-2.0, 2.0))))
+    return drawn
+
+
 def _groups(names: list[str], spectra: np.ndarray, threshold: float) -> dict[str, str]:
     """Single-linkage groups of near-duplicate spectra: name -> representative (first name)."""
     parent = list(range(len(names)))
@@ -162,13 +175,7 @@ def heldout_problems(model: str, n_samples: int, n_candidates: int, seed: int, *
 
     root = _feff_root()
     test = _cu_split_ids(split)
-    rng = np.random.default_rng(seed)
-    truths = rng.choice(test, size=min(n_samples, len(test)), replace=False).tolist()
-    drawn = []
-    for truth in truths:
-        others = [n for n in test if n != truth]
-        chosen = [truth] + rng.choice(others, size=min(n_candidates - 1, len(others)), replace=False).tolist()
-        drawn.append((truth, sorted(chosen), float(rng.uniform(-2.0, 2.0))))
+    drawn = _draw(test, n_samples, n_candidates, seed)
     union = sorted({n for _, chosen, _ in drawn for n in chosen})
     feff = CandidateLibrary.from_feff(root, union)  # FEFF spectra of every drawn material (truths)
     if model == "feff":
@@ -230,13 +237,7 @@ def molecule_problems(model: str, n_samples: int, n_candidates: int, seed: int, 
     records, _ = read_qm9_jsonl(data_path(QM9_O_K))
     by_id = {r.record_id: r for r in records}
     test = sorted(split_ids(sorted(by_id))[split])
-    rng = np.random.default_rng(seed)
-    truths = rng.choice(test, size=min(n_samples, len(test)), replace=False).tolist()
-    drawn = []
-    for truth in truths:
-        others = [n for n in test if n != truth]
-        chosen = [truth] + rng.choice(others, size=min(n_candidates - 1, len(others)), replace=False).tolist()
-        drawn.append((truth, sorted(chosen), float(rng.uniform(-2.0, 2.0))))
+    drawn = _draw(test, n_samples, n_candidates, seed)
     union = sorted({n for _, chosen, _ in drawn for n in chosen})
 
     def own(record):  # the molecule's FEFF10 spectrum on its sites' common range, 0.25 eV
@@ -360,7 +361,6 @@ def reference_problems(model: str, seed: int, *, stream=sys.stdout) -> tuple[lis
     """Real measured Cu K-edge references among candidate crystal structures of Cu minerals."""
     from pymatgen.core import Composition
 
-    from endstation.sample import SimulatedSample
     from models.paths import XAS_DATA_LIBRARY, data_dir, user_data_dir
     from xas_callbacks.candidates import CandidateLibrary
 
