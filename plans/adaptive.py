@@ -13,7 +13,7 @@ precedes the move, so a pause/rewind neither loses nor repeats a decision.
 
 from __future__ import annotations
 
-import time
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -238,7 +238,8 @@ def adaptive_xas_plan(
             "energy": repr(energy),
             "element": element,
             "edge": edge,
-            "candidates": str(provenance.get("source") or candidates),
+            "candidates": str(candidates) if isinstance(candidates, (str, os.PathLike))
+            else str(provenance.get("source") or type(candidates).__name__),
             "model": model,
             "confidence": confidence,
             "max_points": max_points,

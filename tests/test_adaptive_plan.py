@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import defaultdict
@@ -231,3 +232,23 @@ def test_a_beam_dump_suspends_the_plan_which_resumes_without_repeating_a_decisio
     decisions = [d["data"]["decision_n_points"] for d in _stream(docs, "decision")]
     assert decisions == sorted(set(decisions)), "a decision was repeated after the suspension"
     assert decisions[-1] == n_seed + 6  # the point budget counted every reading once
+
+
+def test_arguments_the_queue_server_sends_as_json_drive_the_plan(library, tmp_path):
+    # The queue server passes everything but the devices as JSON: a saved candidate library by
+    # path, the agent by name, the tail grid and md as plain dicts.
+    saved = library.save(tmp_path / "candidates.npz")
+    kwargs = json.loads(json.dumps({
+        "element": "Cu", "edge": "K", "candidates": str(saved), "dwell_s": 0.1, "max_points": 14,
+        "confidence": 0.99, "agent": "information-gain", "agent_kwargs": {"min_separation_eV": 3.0},
+        "tail": {"bounds": "40 60", "steps": "10", "times": "0.1"}, "md": {"proposal": "P-1234"},
+    }))
+    es = _endstation(library, 3)
+    _, docs = _run(adaptive_xas_plan(es.detectors, es.energy, **kwargs))
+    start = docs[0][1]
+    json.dumps(start)  # the start document, plan_args included, is JSON
+    assert start["proposal"] == "P-1234"
+    assert start["plan_args"]["candidates"] == str(saved)
+    assert start["xas"]["policy"]["agent_settings"]["min_separation_eV"] == 3.0
+    actions = [d["data"]["decision_action"] for d in _stream(docs, "decision")]
+    assert actions[-1] == "tail" and docs[-1][1]["exit_status"] == "success"
