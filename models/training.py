@@ -61,6 +61,19 @@ MODEL_SPECS: dict[str, dict[str, Any]] = {
         "description": "O K-edge XANES of QM9 molecules (FEFF10 via feff10-rs)",
         "credits": "Geometries: QM9 (CC0) via qm9pack (MIT); spectra computed with FEFF10.",
     },
+    # The seed's second edge. No shared set exists: `xas-feff qm9 --absorber N --out
+    # $XAS_DATA_DIR/qm9_n_k_feff10` computes it with the O set's cards (see models/feff/qm9.py).
+    "n-k": {
+        "element": "N",
+        "edge": "K",
+        "kind": "molecule",
+        "reader": "qm9_jsonl",
+        "data": "qm9_n_k_feff10/qm9_N_K_feff10.jsonl",
+        "grid_points": 128,
+        "builder": {},
+        "description": "N K-edge XANES of QM9 molecules (FEFF10 via feff10-rs, computed by xas-feff)",
+        "credits": "Geometries: QM9 (CC0) via qm9pack (MIT); spectra computed with FEFF10 by this project.",
+    },
 }
 
 #: Default network hyper-parameters and the candidates of the architecture comparison.
