@@ -16,7 +16,7 @@ from models.cli import predict_main  # noqa: E402
 from models.predictor import WEIGHTS_DIR, ModelNotFoundError  # noqa: E402
 from models.training import file_sha256  # noqa: E402
 
-SHIPPED = ("cu-k", "o-k")
+SHIPPED = ("cu-k", "o-k", "n-k")
 
 
 def _cu2o() -> Structure:
@@ -40,7 +40,7 @@ def cuk():
     return load_predictor("cu-k", device="cpu")
 
 
-def test_both_models_are_shipped():
+def test_the_models_are_shipped():
     assert set(SHIPPED) <= set(available_models())
 
 
@@ -193,3 +193,14 @@ def test_cli_examples_predicts_the_shipped_examples_that_suit_the_model(tmp_path
     assert predict_main(["--examples", "--model", "cu-k", "--json", str(out_json), "--device", "cpu"]) == 0
     names = {s["name"] for s in json.loads(out_json.read_text())["spectra"]}
     assert {"Cu2O", "CuO"} <= names and not names & {"ethanol", "acetone", "furan"}
+
+
+def test_n_k_predicts_nitrogen_molecules_at_the_n_k_edge_and_refuses_molecules_without_n():
+    nk = load_predictor("n-k", device="cpu")
+    assert nk.element == "N" and 395 < nk.energies[0] < 410 < nk.energies[-1]
+    res = nk.predict(["CC#N", "NCCO", "c1ccncc1"])  # acetonitrile, ethanolamine, pyridine
+    assert res.mean.shape == (3, nk.energies.size) and np.all(res.std > 0)
+    # a nitrile, an amine and an aromatic N give different spectra
+    assert np.abs(res.mean[0] - res.mean[1]).max() > 0.05 and np.abs(res.mean[1] - res.mean[2]).max() > 0.05
+    failed = nk.predict(["CCO"], on_error="skip")
+    assert failed.names == [] and "no N atom" in str(failed.failures)
