@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``xas-predict``."""
     p = argparse.ArgumentParser(prog="xas-predict", description="Predict XANES (mean and 1-sigma) of structures.")
     p.add_argument("structures", nargs="*", help="CIF/POSCAR/XYZ/pymatgen-JSON files or SMILES strings")
-    p.add_argument("--model", required=True, help="shipped model name (e.g. cu-k, o-k) or path to a .pt file")
+    p.add_argument("--model", required=True, help="shipped model name (cu-k, o-k, n-k) or path to a .pt file")
     p.add_argument("--plot", metavar="PNG", help="write a plot of the spectra with 1- and 2-sigma bands")
     p.add_argument("--json", metavar="FILE", help="write energies, mean and std per structure as JSON")
     p.add_argument("--examples", action="store_true", help="also predict the shipped example structures")

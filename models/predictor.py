@@ -99,7 +99,7 @@ def _resolve(name_or_path: str | Path) -> Path:
 
 
 def load_predictor(name_or_path: str | Path, device: str = "auto") -> "Predictor":
-    """Load a shipped model by name (``"cu-k"``, ``"o-k"``) or a ``.pt`` file written by ``xas-train``.
+    """Load a shipped model by name (``"cu-k"``, ``"o-k"``, ``"n-k"``) or a ``.pt`` file written by ``xas-train``.
 
     Parameters
     ----------

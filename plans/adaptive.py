@@ -129,7 +129,7 @@ def adaptive_xas_plan(
         A folder of structure files, a SMILES file, a FEFF materials folder, a saved library, or
         a :class:`xas_callbacks.candidates.CandidateLibrary`.
     model : str, optional
-        Shipped model name (``"cu-k"``, ``"o-k"``) used to predict the candidates' spectra.
+        Shipped model name (``"cu-k"``, ``"o-k"``, ``"n-k"``) used to predict the candidates' spectra.
     confidence : float
         Stop once the leading candidate's posterior probability reaches this.
     max_points, max_beam_time_s : int, float
