@@ -40,6 +40,9 @@ def _to_builtin(value: Any) -> Any:
 def _documents_from_tiled(run: Any) -> list[Document]:
     from bluesky_tiled_plugins.exporters import build_descriptor_docs
 
+    # The v3 view has the event tables this reads. databroker's v1 API switches the clients of
+    # the whole process to the v2 view once used, so ask for v3 whichever the client gives.
+    run = getattr(run, "v3", run)
     metadata = run.metadata
     start = _jsonable(dict(metadata["start"]))
     stop = metadata.get("stop")
