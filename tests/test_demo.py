@@ -8,15 +8,16 @@ import json
 import pytest
 
 
-def test_demo_identifies_stores_and_replays(qm9_o_k_jsonl, tmp_path):
+def test_demo_identifies_stores_and_replays(qm9_o_k_jsonl, tmp_path, tmp_path_factory):
     from plans.demo import molecule_problem, run_demo
 
     problem = molecule_problem(n_candidates=6, seed=2)
     log = io.StringIO()
-    # Its own local catalog, as on a fresh install (run_demo closes it at the end).
+    # The session's local Tiled server, shared with the catalog and profile tests through the
+    # directory: a second SimpleTiledServer in one process breaks the first one's clients (401).
     # Without the conventional comparison scan: its 350 points through the catalog take minutes.
     summary = run_demo(problem, out_dir=tmp_path, seed=2, dwell_s=0.2, stream=log, conventional=False,
-                       catalog_dir=str(tmp_path / "catalog"))
+                       catalog_dir=str(tmp_path_factory.getbasetemp() / "xas-catalog"))
     json.dumps(summary)  # the --json summary is plain JSON
     for key in ("true_candidate", "top1", "top1_probability", "points_adaptive", "beam_time_adaptive_s",
                 "replay_match", "uid_adaptive"):
