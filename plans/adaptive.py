@@ -187,7 +187,8 @@ def adaptive_xas_plan(
         from xas_callbacks.callback import XASRankingCallback
 
         feed = InProcessRankingFeed(XASRankingCallback(library))
-    ranking_config = getattr(getattr(feed, "callback", None), "config", None)
+    callback = getattr(feed, "callback", None)  # in-process feeds: the ranking callback itself
+    ranking_config = getattr(callback, "config", None)
     margin = 0.0 if ranking_config is None else max(abs(ranking_config.offset_min), abs(ranking_config.offset_max))
     seed_set = seed_energies(e0, library.energies, seed, margin_eV=min(margin, 0.25 * np.ptp(library.energies)))
     check_limits(energy, seed_set, plan_name="adaptive_xas_plan")
@@ -331,7 +332,7 @@ def adaptive_xas_plan(
                 )
                 break
             agent.ingest([{"ranking": _agent_ranking(ranking)}])
-            engine = getattr(getattr(feed, "callback", None), "engine", None)
+            engine = getattr(callback, "engine", None)
             if engine is not None and hasattr(agent, "window"):
                 agent.window = tuple(float(w) for w in engine.window)
             stop, why = agent.should_stop()

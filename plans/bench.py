@@ -570,6 +570,15 @@ def score(problem: Problem, run: PolicyRun, n_conventional: int, beam_convention
     return row
 
 
+def _summaries(rows: list[dict], policies: list[str], confidence: float) -> tuple[dict, dict]:
+    """Per-policy summaries of the held-out samples and of the references whose compound is
+    among the candidates."""
+    heldout = [r for r in rows if r["kind"] == "heldout"]
+    references = [r for r in rows if r["kind"] == "reference" and r["true_in_candidates"]]
+    return tuple({p: _summary([r["policies"][p] for r in group if p in r["policies"]], confidence)
+                  for p in policies} for group in (heldout, references))
+
+
 def _summary(rows: list[dict], confidence: float) -> dict:
     if not rows:
         return {}
@@ -732,6 +741,7 @@ def run_adaptive_benchmark(args, stream=sys.stdout) -> dict:
 
     heldout = [r for r in rows if r["kind"] == "heldout"]
     references = [r for r in rows if r["kind"] == "reference"]
+    heldout_summary, references_summary = _summaries(rows, policies, args.confidence)
     result = {
         "benchmark": "xas-bench adaptive",
         "command": "xas-bench " + " ".join(args.argv),
@@ -760,8 +770,7 @@ def run_adaptive_benchmark(args, stream=sys.stdout) -> dict:
             "noise": "Poisson counts of the simulated endstation (I0 = flux * dwell)",
         },
         "heldout_setup": setup,
-        "heldout": {p: _summary([r["policies"][p] for r in heldout if p in r["policies"]], args.confidence)
-                    for p in policies},
+        "heldout": heldout_summary,
         "heldout_with_near_duplicate_of_true": int(sum(bool(r.get("near_duplicates_of_true")) for r in heldout)),
         "references_setup": ref_setup,
         "references": {
@@ -772,9 +781,7 @@ def run_adaptive_benchmark(args, stream=sys.stdout) -> dict:
                              for p, s in r["policies"].items()}}
             for r in references
         },
-        "references_summary": {p: _summary([r["policies"][p] for r in references
-                                            if r["true_in_candidates"] and p in r["policies"]], args.confidence)
-                               for p in policies},
+        "references_summary": references_summary,
         "rows": rows,
     }
     if args.decision_time:
@@ -906,12 +913,8 @@ def main(argv=None) -> int:
     args.argv = argv
     if args.command == "summarize":
         result = json.loads(args.json.read_text())
-        confidence = float(result["settings"]["confidence"])
-        policies = result["settings"]["policies"]
-        for key, kind, known in (("heldout", "heldout", False), ("references_summary", "reference", True)):
-            rows = [r for r in result["rows"] if r["kind"] == kind and (r["true_in_candidates"] or not known)]
-            result[key] = {p: _summary([r["policies"][p] for r in rows if p in r["policies"]], confidence)
-                           for p in policies}
+        result["heldout"], result["references_summary"] = _summaries(
+            result["rows"], result["settings"]["policies"], float(result["settings"]["confidence"]))
         args.json.write_text(json.dumps(result, indent=1, default=str))
         plot_adaptive(result, args.json.with_suffix(".png"))
         _print_table(result)
