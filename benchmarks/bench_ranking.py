@@ -37,9 +37,11 @@ sys.path.insert(0, str(ROOT))
 
 from models.paths import CU_K_FEFF, XAS_DATA_LIBRARY, data_dir, user_data_dir  # noqa: E402
 from xas_callbacks.candidates import CandidateLibrary  # noqa: E402
-from xas_callbacks.cli import read_spectrum, rank_spectrum  # noqa: E402
-from xas_callbacks.normalize import mu_from_counts, normalize  # noqa: E402
-from xas_callbacks.ranking import RankingConfig, RankingEngine, gaussian_broaden_uniform  # noqa: E402
+from endstation.measured import read_spectrum  # noqa: E402
+from endstation.modes import mu_from_counts  # noqa: E402
+from models.normalization import normalize  # noqa: E402
+from models.spectra import gaussian_broaden_uniform  # noqa: E402
+from xas_callbacks.ranking import RankingConfig, RankingEngine, rank_spectrum  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SEED = 20241123

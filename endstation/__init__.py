@@ -7,12 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .devices import DETECTOR_ROLES, DwellTime, IonChamber, MonoEnergy, SimulatedEndstation, make_endstation
+from .devices import DwellTime, IonChamber, MonoEnergy, SimulatedEndstation, make_endstation
+from .modes import MODE_ROLES, MODES, ROLES, mu_from_counts
 from .sample import BeamPhysics, SimulatedSample
 from .xdi import XDIData, XDIError, read_xdi, write_xdi
 
 __all__ = [
-    "DETECTOR_ROLES",
+    "ROLES",
+    "MODES",
+    "MODE_ROLES",
+    "mu_from_counts",
     "DwellTime",
     "IonChamber",
     "MonoEnergy",

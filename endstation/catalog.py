@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from models.jsonable import json_default
+
 __all__ = [
     "CatalogError",
     "DocumentCache",
@@ -127,17 +129,9 @@ class DocumentCache:
         tmp = path.with_name(f".{path.name}.part")
         with open(tmp, "w", encoding="utf-8") as handle:
             for name, doc in docs:
-                handle.write(json.dumps([name, doc], default=_json_default) + "\n")
+                handle.write(json.dumps([name, doc], default=json_default) + "\n")
         os.replace(tmp, path)
         return path
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def default_catalog_dir() -> Path:

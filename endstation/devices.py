@@ -29,6 +29,7 @@ from ophyd.positioner import PositionerBase
 from ophyd.status import DeviceStatus, MoveStatus
 from ophyd.utils import LimitError
 
+from .modes import ROLES
 from .sample import BeamPhysics, SimulatedSample
 
 __all__ = [
@@ -38,11 +39,9 @@ __all__ = [
     "IonChamber",
     "SimulatedEndstation",
     "make_endstation",
-    "DETECTOR_ROLES",
 ]
 
 #: Role of each detector in the ``xas.detectors`` map -> device name / data key.
-DETECTOR_ROLES = {"i0": "I0", "it": "It", "ir": "Ir", "if": "If"}
 
 
 class NumericSignal(Signal):
@@ -255,8 +254,8 @@ class IonChamber(Device):
         gas: str = "N2",
         **kwargs: Any,
     ) -> None:
-        if role not in DETECTOR_ROLES:
-            raise ValueError(f"{name}: role must be one of {sorted(DETECTOR_ROLES)}, got {role!r}")
+        if role not in ROLES:
+            raise ValueError(f"{name}: role must be one of {sorted(ROLES)}, got {role!r}")
         super().__init__(name=name, **kwargs)
         self.counts.name = self.name
         self.role = role
@@ -366,7 +365,7 @@ def make_endstation(
     counters = {
         role: IonChamber(name=name, role=role, physics=physics, energy=energy, dwell_time=dwell_time,
                          rng=rng, time_scale=time_scale, gas=gases[role])
-        for role, name in DETECTOR_ROLES.items()
+        for role, name in ROLES.items()
     }
     return SimulatedEndstation(
         energy=energy,

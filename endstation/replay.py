@@ -12,21 +12,14 @@ Content equals the live documents after a JSON round trip (tuples become lists).
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["replay", "run_documents", "normalize_documents", "main"]
+from models.jsonable import to_jsonable
+
+__all__ = ["replay", "run_documents", "normalize_documents"]
 
 Document = tuple[str, dict]
-
-
-def _jsonable(doc: Any) -> Any:
-    from .catalog import _json_default
-
-    return json.loads(json.dumps(doc, default=_json_default))
 
 
 def _to_builtin(value: Any) -> Any:
@@ -44,13 +37,13 @@ def _documents_from_tiled(run: Any) -> list[Document]:
     # the whole process to the v2 view once used, so ask for v3 whichever the client gives.
     run = getattr(run, "v3", run)
     metadata = run.metadata
-    start = _jsonable(dict(metadata["start"]))
+    start = to_jsonable(dict(metadata["start"]), nan_as_none=False)
     stop = metadata.get("stop")
     event_uids = metadata.get("event_uids") or {}
     timed: list[tuple[float, int, str, dict]] = []
     for stream in list(run):
         node = run[stream]
-        descriptors = build_descriptor_docs(_jsonable(dict(node.metadata)), stream, start["uid"])
+        descriptors = build_descriptor_docs(to_jsonable(dict(node.metadata), nan_as_none=False), stream, start["uid"])
         for desc in descriptors:
             timed.append((float(desc["time"]), 0, "descriptor", desc))
         base = getattr(node, "base", node)
@@ -81,7 +74,7 @@ def _documents_from_tiled(run: Any) -> list[Document]:
     docs: list[Document] = [("start", start)]
     docs.extend((name, doc) for _, _, name, doc in timed)
     if stop is not None:
-        docs.append(("stop", _jsonable(dict(stop))))
+        docs.append(("stop", to_jsonable(dict(stop), nan_as_none=False)))
     return docs
 
 
@@ -113,9 +106,9 @@ def normalize_documents(docs: Iterable[Document]) -> list[Document]:
     out: list[Document] = []
     for name, doc in docs:
         if name == "event_page":
-            out.extend(("event", _jsonable(event)) for event in unpack_event_page(doc))
+            out.extend(("event", to_jsonable(event, nan_as_none=False)) for event in unpack_event_page(doc))
         else:
-            out.append((name, _jsonable(doc)))
+            out.append((name, to_jsonable(doc, nan_as_none=False)))
     for _, doc in out:
         if "filled" in doc and not doc["filled"]:
             del doc["filled"]
@@ -200,46 +193,3 @@ def replay(
         for callback in callbacks:
             callback(name, doc)
     return docs
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``xas-replay UID [--catalog URI] [--api-key KEY] [--xdi FILE] [--print]``."""
-    parser = argparse.ArgumentParser(
-        prog="xas-replay",
-        description="Re-emit a stored XAS run's documents (optionally write it as XDI 1.0).",
-    )
-    parser.add_argument("uid", help="uid of the run (start document)")
-    parser.add_argument("--catalog", help="Tiled URI (default $XAS_TILED_URI, else the local catalog)")
-    parser.add_argument("--api-key", help="Tiled api key (default $XAS_TILED_API_KEY)")
-    parser.add_argument("--xdi", metavar="FILE", help="write the run as an XDI 1.0 file")
-    parser.add_argument("--print", dest="show", action="store_true",
-                        help="print every document as one JSON line [name, doc]")
-    args = parser.parse_args(argv)
-    from .catalog import CatalogError, open_catalog
-    from .xdi import write_xdi
-
-    try:
-        catalog = open_catalog(args.catalog, api_key=args.api_key)
-        counts: dict[str, int] = {}
-
-        def show(name: str, doc: dict) -> None:
-            counts[name] = counts.get(name, 0) + 1
-            if args.show:
-                print(json.dumps([name, doc]))
-
-        docs = replay(args.uid, [show], catalog=catalog)
-        if args.xdi:
-            path = write_xdi(docs, args.xdi)
-            print(f"wrote {path}", file=sys.stderr)
-    except (CatalogError, KeyError, ValueError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"xas-replay: error: {message}", file=sys.stderr)
-        return 2
-    stop = next((doc for name, doc in docs if name == "stop"), {})
-    summary = ", ".join(f"{n} {k}" for k, n in counts.items())
-    print(f"run {args.uid}: {summary}; exit_status {stop.get('exit_status', 'unknown')}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from models.spectra import edge_energy
+
 __all__ = ["SimulatedSample", "BeamPhysics"]
 
 
@@ -138,14 +140,13 @@ class SimulatedSample:
         reference_pre_edge_mu : float
             Same as ``pre_edge_mu`` for the reference.
         """
-        from plans.grids import edge_energy as tabulated_e0
         from .xdi import XDIError, read_xdi
 
         data = read_xdi(path)
         element, edge = data.element, data.edge
         if not element or not edge:
             raise XDIError(f"{data.path}: Element.symbol and Element.edge are required to simulate it")
-        e0 = tabulated_e0(element, edge)
+        e0 = edge_energy(element, edge)
         order = np.argsort(data.energy, kind="stable")
         energy = data.energy[order]
         keep = np.concatenate([[True], np.diff(energy) > 0])
@@ -216,12 +217,10 @@ class SimulatedSample:
         reference : (energy, mu) or path-like, optional
             Reference foil; default the spectrum itself (a foil of the same absorber).
         """
-        from plans.grids import edge_energy as tabulated_e0
-
         energy, mu = _check_spectrum(energy, mu, name)
         if edge_step <= 0:
             raise ValueError(f"{name}: edge_step must be positive, got {edge_step}")
-        e0_value = tabulated_e0(element, edge) if e0 is None else float(e0)
+        e0_value = edge_energy(element, edge) if e0 is None else float(e0)
         background = pre_edge_mu + pre_edge_slope * (energy - e0_value)
         mu_total = background + edge_step * mu
         if np.any(mu_total <= 0):

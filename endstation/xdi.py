@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["XDIData", "XDIError", "read_xdi", "write_xdi", "ROLE_LABELS"]
+from .modes import MODE_ROLES, XDI_LABELS, mu_from_counts
 
-#: XDI column label of each detector role of the ``xas.detectors`` map.
-ROLE_LABELS = {"i0": "i0", "it": "itrans", "ir": "irefer", "if": "ifluor"}
+__all__ = ["XDIData", "XDIError", "read_xdi", "write_xdi"]
 
 _VERSION = re.compile(r"^#\s*XDI/(\d+\.\d+)", re.IGNORECASE)
 _FIELD = re.compile(r"^#\s*([A-Za-z_][\w]*)\.([\w]+)\s*:\s*(.*?)\s*$")
@@ -80,7 +79,7 @@ class XDIData:
     def mu_transmission(self) -> np.ndarray:
         """``ln(i0 / itrans)`` from the raw columns (``mutrans`` where no raw columns)."""
         if "i0" in self.columns and "itrans" in self.columns:
-            return _safe_log_ratio(self.columns["i0"], self.columns["itrans"], self.path, "i0/itrans")
+            return _log_ratio(self.columns["i0"], self.columns["itrans"], "transmission", self.path)
         if "mutrans" in self.columns:
             return self.columns["mutrans"]
         raise XDIError(f"{self.path}: no i0 and itrans (or mutrans) columns; has {self.labels}")
@@ -88,19 +87,23 @@ class XDIData:
     def mu_reference(self) -> np.ndarray | None:
         """``ln(itrans / irefer)`` of the reference foil, or None without an ``irefer`` column."""
         if "itrans" in self.columns and "irefer" in self.columns:
-            return _safe_log_ratio(
-                self.columns["itrans"], self.columns["irefer"], self.path, "itrans/irefer"
-            )
+            return _log_ratio(self.columns["itrans"], self.columns["irefer"], "reference", self.path)
         if "murefer" in self.columns:
             return self.columns["murefer"]
         return None
 
 
-def _safe_log_ratio(num: np.ndarray, den: np.ndarray, path: str, what: str) -> np.ndarray:
-    bad = np.flatnonzero(~((num > 0) & (den > 0)))
-    if bad.size:
-        raise XDIError(f"{path}: {what} is not positive at data row {int(bad[0]) + 1}")
-    return np.log(num / den)
+def _log_ratio(num: np.ndarray, den: np.ndarray, mode: str, path: str) -> np.ndarray:
+    """mu of ``mode`` from two raw columns; a non-positive count is an error naming its row."""
+    first, second = MODE_ROLES[mode]
+    mu, _, bad = mu_from_counts(mode, **{_ARG[first]: num, _ARG[second]: den})
+    if bad.any():
+        labels = f"{XDI_LABELS[first]}/{XDI_LABELS[second]}"
+        raise XDIError(f"{path}: {labels} is not positive at data row {int(np.flatnonzero(bad)[0]) + 1}")
+    return mu
+
+
+_ARG = {"i0": "i0", "it": "it", "ir": "ir", "if": "if_"}
 
 
 def read_xdi(path: str | os.PathLike) -> XDIData:
@@ -323,7 +326,7 @@ def write_xdi(run: Any, path: str | os.PathLike, *, stream: str = "primary") -> 
         if role in roles:
             arr = np.array([e["data"][roles[role]] for e in events], dtype=float)
             values[role] = arr
-            columns.append((ROLE_LABELS[role], "", arr))
+            columns.append((XDI_LABELS[role], "", arr))
     with np.errstate(divide="ignore", invalid="ignore"):
         if "i0" in values and "it" in values:
             columns.append(("mutrans", "", np.log(values["i0"] / values["it"])))

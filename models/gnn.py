@@ -21,7 +21,7 @@ and the scalar scale that map them back to normalised mu.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -279,3 +279,47 @@ def combine_members(mean: Tensor, std: Tensor, calibration: Tensor | float = 1.0
     mu = mean.mean(0)
     var = std.pow(2).mean(0) + mean.var(0, unbiased=False)
     return mu, calibration * var.sqrt()
+
+
+def aggregate_sites(
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    groups: Sequence[int],
+    weights: Sequence[float],
+    num_groups: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Weighted average of site predictions into material/molecule predictions, per member.
+
+    ``mean`` and ``std`` have shape ``(M, S, E)`` (members, sites, energies). For each member the
+    material mean is :math:`\sum_i w_i \mu_i / \sum_i w_i` and the material std is the same
+    weighted average of the site stds, i.e. site errors are treated as fully correlated (they come
+    from one model and one structure), which never underestimates the spread of an average.
+
+    Returns
+    -------
+    mean, std : Tensor
+        Shape ``(M, num_groups, E)``.
+    """
+    device = mean.device
+    idx = torch.as_tensor(list(groups), dtype=torch.long, device=device)
+    w = torch.as_tensor(list(weights), dtype=mean.dtype, device=device)
+    wsum = torch.zeros(num_groups, dtype=mean.dtype, device=device).index_add_(0, idx, w)
+    if bool((wsum <= 0).any()):
+        raise ValueError("every material/molecule needs at least one site with positive weight")
+    shape = (mean.shape[0], num_groups, mean.shape[2])
+    wv = w.view(1, -1, 1)
+    m = torch.zeros(shape, dtype=mean.dtype, device=device).index_add_(1, idx, mean * wv)
+    s = torch.zeros(shape, dtype=mean.dtype, device=device).index_add_(1, idx, std * wv)
+    norm = wsum.view(1, -1, 1)
+    return m / norm, s / norm
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU raises."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch.cuda.is_available() is False")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    return torch.device(device)

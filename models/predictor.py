@@ -31,7 +31,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from models.gnn import XASEnsemble, combine_members
+from models.gnn import XASEnsemble, aggregate_sites, combine_members, resolve_device
+from models.provenance import file_sha256
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 _LOADED: dict[tuple[str, str], "Predictor"] = {}
@@ -74,14 +75,6 @@ def available_models() -> list[str]:
     return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt") if p.with_suffix(".json").exists())
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _resolve(name_or_path: str | Path) -> Path:
     text = str(name_or_path)
     candidate = Path(text).expanduser()
@@ -108,12 +101,10 @@ def load_predictor(name_or_path: str | Path, device: str = "auto") -> "Predictor
     device : {"auto", "cpu", "cuda"}
         ``"auto"`` uses CUDA when available.
     """
-    from models.training import resolve_device
-
     path = _resolve(name_or_path)
     dev = resolve_device(device)
     key = (str(path.resolve()), str(dev))
-    sha = _sha256(path)
+    sha = file_sha256(path)
     cached = _LOADED.get(key)
     if cached is not None and cached.weights_sha256 == sha:
         return cached
@@ -142,7 +133,7 @@ class Predictor:
         self.edge: str = cfg["edge"]
         self.kind: str = cfg["kind"]
         self.energies = np.asarray(cfg["energies"], dtype=float)
-        self.weights_sha256 = sha256 or _sha256(path)
+        self.weights_sha256 = sha256 or file_sha256(path)
         card_path = self.path.with_suffix(".json")
         self.card: dict[str, Any] = json.loads(card_path.read_text()) if card_path.exists() else {}
         self.device = device
@@ -295,8 +286,6 @@ class Predictor:
                 groups.extend([g_i] * len(graphs))
                 weights.extend(ws)
             mean, std = self._run(all_graphs, batch_size)
-            from models.training import aggregate_sites
-
             gm, gs = aggregate_sites(mean, std, groups, weights, len(order))
             mu, sd = combine_members(gm, gs, self.ensemble.calibration.cpu())
             for g_i, key in enumerate(order):

@@ -27,6 +27,8 @@ PAD_TOLERANCE_EV = 1.0
 EDGE_SMOOTH_EV = 0.5
 #: Tolerances (eV) of the peak-position metrics.
 PEAK_TOLERANCES_EV = (1.0, 0.5)
+#: Gaussian sigma per unit FWHM.
+FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 
 
 class GridCoverageError(ValueError):
@@ -217,8 +219,35 @@ def gaussian_broaden(energy: np.ndarray, mu: np.ndarray, fwhm_eV: float) -> np.n
         raise ValueError(f"fwhm_eV must be finite and >= 0, got {fwhm_eV}")
     if fwhm_eV == 0:
         return mu.copy()
-    sigma = fwhm_eV / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    sigma = fwhm_eV * FWHM_TO_SIGMA
     return mu @ _gaussian_matrix(energy, sigma).T
+
+
+def gaussian_broaden_uniform(mu: np.ndarray, step: float, fwhm: float) -> np.ndarray:
+    """Convolve spectra on a uniform grid with a normalised Gaussian of ``fwhm`` (eV).
+
+    Parameters
+    ----------
+    mu : ndarray, shape (..., G)
+        Spectra on a uniform grid of ``step`` eV; edges are extended with their end values.
+    step, fwhm : float
+        Grid step and Gaussian FWHM (eV). ``fwhm <= 0`` returns a copy.
+    """
+    mu = np.asarray(mu, dtype=float)
+    if fwhm <= 0:
+        return mu.copy()
+    sigma = fwhm * FWHM_TO_SIGMA / step
+    half = int(np.ceil(4 * sigma))
+    x = np.arange(-half, half + 1)
+    kern = np.exp(-0.5 * (x / sigma) ** 2)
+    kern /= kern.sum()
+    padded = np.concatenate(
+        [np.repeat(mu[..., :1], half, axis=-1), mu, np.repeat(mu[..., -1:], half, axis=-1)], axis=-1
+    )
+    # direct convolution (no FFT) along the last axis: deterministic
+    from scipy.ndimage import correlate1d
+
+    return correlate1d(padded, kern, axis=-1, mode="nearest")[..., half:-half]
 
 
 def edge_position(energy: np.ndarray, mu: np.ndarray, smooth_eV: float = EDGE_SMOOTH_EV) -> float:
@@ -243,6 +272,35 @@ def edge_position(energy: np.ndarray, mu: np.ndarray, smooth_eV: float = EDGE_SM
     dy = np.gradient(y, even)
     i = int(np.argmax(dy))
     return float(_refine_vertex(even, dy, np.array([i]))[0])
+
+
+def edge_energy(element: str, edge: str) -> float:
+    """Tabulated edge energy (eV) of ``element``/``edge`` from xraydb.
+
+    Raises
+    ------
+    ValueError
+        Naming the element or the edge when xraydb does not know it.
+    """
+    import xraydb
+
+    if not isinstance(element, str) or not element.strip():
+        raise ValueError(f"element must be a chemical symbol such as 'Cu', got {element!r}")
+    symbol = element.strip()
+    try:
+        xraydb.atomic_number(symbol)
+    except Exception:
+        raise ValueError(f"unknown element {element!r}: not a chemical symbol known to xraydb") from None
+    if symbol.isdigit() or symbol[0].islower():
+        # xraydb accepts atomic numbers and lower case names; beamline metadata wants symbols.
+        symbol = xraydb.atomic_symbol(xraydb.atomic_number(symbol))
+    edges = xraydb.xray_edges(symbol)
+    key = str(edge).strip()
+    match = {name.upper(): name for name in edges}.get(key.upper())
+    if match is None:
+        known = ", ".join(sorted(edges))
+        raise ValueError(f"unknown edge {edge!r} for element {symbol!r}; xraydb knows: {known}")
+    return float(edges[match].energy)
 
 
 def spectrum_metrics(

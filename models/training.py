@@ -17,12 +17,10 @@ Example::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -32,7 +30,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from models.gnn import XASEnsemble, XASNet, combine_members, gaussian_nll
+from models.gnn import XASEnsemble, XASNet, aggregate_sites, combine_members, gaussian_nll, resolve_device
+from models.jsonable import to_jsonable as _jsonable
+from models.provenance import file_sha256, git_state
 
 #: What each shipped model is trained on.
 MODEL_SPECS: dict[str, dict[str, Any]] = {
@@ -113,17 +113,6 @@ class TrainSettings:
 # --------------------------------------------------------------------------------------------
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU raises."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch.cuda.is_available() is False")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    return torch.device(device)
-
-
 def seed_everything(seed: int) -> None:
     """Fix the Python, numpy and torch seeds."""
     import random
@@ -133,87 +122,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def git_info() -> dict[str, Any]:
-    """Commit of the project checkout and whether it has uncommitted changes (None without git)."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
-        )
-        if commit.returncode != 0:
-            return {"commit": None, "dirty": None}
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-        return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def aggregate_sites(
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    groups: Sequence[int],
-    weights: Sequence[float],
-    num_groups: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Weighted average of site predictions into material/molecule predictions, per member.
-
-    ``mean`` and ``std`` have shape ``(M, S, E)`` (members, sites, energies). For each member the
-    material mean is :math:`\sum_i w_i \mu_i / \sum_i w_i` and the material std is the same
-    weighted average of the site stds, i.e. site errors are treated as fully correlated (they come
-    from one model and one structure), which never underestimates the spread of an average.
-
-    Returns
-    -------
-    mean, std : Tensor
-        Shape ``(M, num_groups, E)``.
-    """
-    device = mean.device
-    idx = torch.as_tensor(list(groups), dtype=torch.long, device=device)
-    w = torch.as_tensor(list(weights), dtype=mean.dtype, device=device)
-    wsum = torch.zeros(num_groups, dtype=mean.dtype, device=device).index_add_(0, idx, w)
-    if bool((wsum <= 0).any()):
-        raise ValueError("every material/molecule needs at least one site with positive weight")
-    shape = (mean.shape[0], num_groups, mean.shape[2])
-    wv = w.view(1, -1, 1)
-    m = torch.zeros(shape, dtype=mean.dtype, device=device).index_add_(1, idx, mean * wv)
-    s = torch.zeros(shape, dtype=mean.dtype, device=device).index_add_(1, idx, std * wv)
-    norm = wsum.view(1, -1, 1)
-    return m / norm, s / norm
 
 
 def coverage(true: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict[str, float]:
@@ -757,7 +669,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         true, mean, std = res[f"{level}_true"], res[f"{level}_mean"], res[f"{level}_std"]
         return {**_jsonable(spectrum_metrics(grid, true, mean)), "uncertainty": coverage(true, mean, std)}
 
-    gi = git_info()
+    gi = git_state()
     card = {
         "name": name,
         "description": spec["description"],

@@ -388,7 +388,7 @@ def _dwell_signal(detectors):
 
 
 def _point_from_reading(reading: Mapping, energy_key: str, roles: Mapping, mode: str) -> dict:
-    from xas_callbacks.normalize import mu_from_counts
+    from endstation.modes import mu_from_counts
 
     def value(role):
         key = roles.get(role)

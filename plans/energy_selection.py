@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from endstation.beamtime import beam_time_cost
+from models.spectra import gaussian_broaden_uniform
+
 __all__ = [
     "bhattacharyya_distance",
     "pairwise_information_gain",
-    "beam_time_cost",
     "EnergySelectionAgent",
     "SpaceFillingAgent",
     "AGENTS",
@@ -80,34 +82,6 @@ def pairwise_information_gain(mean: np.ndarray, var: np.ndarray, weights: np.nda
     inner = np.einsum("j,ijm->im", p, distance)
     gain = -(p[:, None] * np.log(inner)).sum(axis=0, dtype=np.float64)
     return np.maximum(gain, 0.0)
-
-
-def beam_time_cost(
-    energies: np.ndarray,
-    current_energy: float | None,
-    dwell_s: float,
-    mono_speed_eV_per_s: float,
-    settle_s: float,
-) -> np.ndarray:
-    """Seconds of beam time to move to each energy, settle and count there."""
-    energies = np.asarray(energies, dtype=float)
-    if current_energy is None:
-        return np.full(energies.shape, dwell_s + settle_s)
-    return dwell_s + settle_s + np.abs(energies - current_energy) / mono_speed_eV_per_s
-
-
-def _broaden(grid: np.ndarray, spectra: np.ndarray, fwhm_eV: float) -> np.ndarray:
-    """Spectra on ``grid`` convolved with a Gaussian of ``fwhm_eV`` (edge values extended)."""
-    if fwhm_eV <= 0:
-        return spectra
-    step = float(np.median(np.diff(grid)))
-    sigma_pts = fwhm_eV / (2.0 * np.sqrt(2.0 * np.log(2.0))) / step
-    half = int(np.ceil(4 * sigma_pts))
-    kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma_pts) ** 2)
-    kernel /= kernel.sum()
-    padded = np.pad(spectra, ((0, 0), (half, half)), mode="edge")
-    windows = np.lib.stride_tricks.sliding_window_view(padded, kernel.size, axis=1)
-    return windows @ kernel
 
 
 def _read_at(grid: np.ndarray, spectra: np.ndarray, offset_eV: float, at: np.ndarray) -> np.ndarray:
@@ -194,6 +168,7 @@ class EnergySelectionAgent:
     ):
         self.names = list(names)
         self.grid = np.asarray(energies, dtype=float)
+        self._step = float(np.median(np.diff(self.grid)))
         self.mean = np.asarray(mean, dtype=float)
         self.std = np.asarray(std, dtype=float)
         if self.mean.shape != (len(self.names), self.grid.size) or self.std.shape != self.mean.shape:
@@ -309,7 +284,7 @@ class EnergySelectionAgent:
         weights = self.probabilities[order]
         if weights.sum() <= 0 or order.size < 2:
             return np.zeros(energies.size)
-        broadened = _broaden(self.grid, self.mean[order], self.broadening_eV)
+        broadened = gaussian_broaden_uniform(self.mean[order], self._step, self.broadening_eV)
         shifted = _read_at(self.grid, broadened, self.offset_eV, energies)
         model_std = _read_at(self.grid, self.std[order], self.offset_eV, energies)
         scale, background = self._fit_scale(broadened)

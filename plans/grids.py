@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from models.spectra import edge_energy
+
 __all__ = [
     "ETOK",
     "EnergyGrid",
@@ -54,35 +56,6 @@ def etok(de: float | np.ndarray) -> float | np.ndarray:
 def ktoe(k: float | np.ndarray) -> float | np.ndarray:
     """Energy above E0 (eV) of a wavenumber ``k`` (1/Angstrom)."""
     return np.asarray(k, dtype=float) ** 2 / ETOK
-
-
-def edge_energy(element: str, edge: str) -> float:
-    """Tabulated edge energy (eV) of ``element``/``edge`` from xraydb.
-
-    Raises
-    ------
-    ValueError
-        Naming the element or the edge when xraydb does not know it.
-    """
-    import xraydb
-
-    if not isinstance(element, str) or not element.strip():
-        raise ValueError(f"element must be a chemical symbol such as 'Cu', got {element!r}")
-    symbol = element.strip()
-    try:
-        xraydb.atomic_number(symbol)
-    except Exception:
-        raise ValueError(f"unknown element {element!r}: not a chemical symbol known to xraydb") from None
-    if symbol.isdigit() or symbol[0].islower():
-        # xraydb accepts atomic numbers and lower case names; beamline metadata wants symbols.
-        symbol = xraydb.atomic_symbol(xraydb.atomic_number(symbol))
-    edges = xraydb.xray_edges(symbol)
-    key = str(edge).strip()
-    match = {name.upper(): name for name in edges}.get(key.upper())
-    if match is None:
-        known = ", ".join(sorted(edges))
-        raise ValueError(f"unknown edge {edge!r} for element {symbol!r}; xraydb knows: {known}")
-    return float(edges[match].energy)
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,11 @@ import bluesky.preprocessors as bpp
 from bluesky.protocols import Movable, Readable
 from bluesky.utils import Msg
 
+from endstation.modes import MODE_ROLES, ROLES, SCAN_MODES
+
 from .grids import EnergyGrid, make_grid
 
-__all__ = ["xafs_scan", "check_limits", "detector_roles", "DEFAULT_ROLES"]
-
-#: Default role -> data key map (the simulated endstation's names).
-DEFAULT_ROLES = {"i0": "I0", "it": "It", "ir": "Ir", "if": "If"}
-
-_MODES = ("transmission", "fluorescence")
+__all__ = ["xafs_scan", "check_limits", "detector_roles"]
 
 
 def check_limits(energy: Any, energies: Sequence[float], plan_name: str = "xafs_scan") -> None:
@@ -55,13 +52,13 @@ def detector_roles(detectors: Sequence[Any], roles: Mapping[str, str] | None = N
     """Role -> data key map of ``detectors`` (``xas.detectors`` of the start document).
 
     With ``roles`` given, every data key it names must belong to one of ``detectors``;
-    otherwise the :data:`DEFAULT_ROLES` whose data keys are present are used.
+    otherwise the :data:`ROLES` whose data keys are present are used.
     """
     present = {key for det in detectors for key in _data_keys(det)}
     if roles is not None:
-        unknown = sorted(set(roles) - set(DEFAULT_ROLES))
+        unknown = sorted(set(roles) - set(ROLES))
         if unknown:
-            raise ValueError(f"xafs_scan: unknown detector roles {unknown}; roles are {sorted(DEFAULT_ROLES)}")
+            raise ValueError(f"xafs_scan: unknown detector roles {unknown}; roles are {sorted(ROLES)}")
         missing = {role: key for role, key in roles.items() if key not in present}
         if missing:
             raise ValueError(
@@ -69,7 +66,7 @@ def detector_roles(detectors: Sequence[Any], roles: Mapping[str, str] | None = N
                 f"(have {sorted(present)})"
             )
         return dict(roles)
-    return {role: key for role, key in DEFAULT_ROLES.items() if key in present}
+    return {role: key for role, key in ROLES.items() if key in present}
 
 
 def _find_dwell(detectors: Sequence[Any], dwell_time: Movable | None) -> Any:
@@ -182,12 +179,12 @@ def xafs_scan(
     bluesky.plans.list_scan
     plans.grids.parse_grid
     """
-    if mode not in _MODES:
-        raise ValueError(f"xafs_scan: mode must be one of {_MODES}, got {mode!r}")
+    if mode not in SCAN_MODES:
+        raise ValueError(f"xafs_scan: mode must be one of {SCAN_MODES}, got {mode!r}")
     the_grid = make_grid(element, edge, grid, e0=e0)
     check_limits(energy, the_grid.energies)
     role_map = detector_roles(detectors, roles)
-    needed = ("i0", "it") if mode == "transmission" else ("i0", "if")
+    needed = MODE_ROLES[mode]
     lacking = [role for role in needed if role not in role_map]
     if lacking:
         raise ValueError(

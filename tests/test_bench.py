@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from plans import bench
+from apps import bench
 
 
 def test_sparse_energies_keep_the_anchors_and_the_count():

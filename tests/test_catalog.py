@@ -8,7 +8,8 @@ from bluesky import RunEngine
 
 from endstation import SimulatedSample, make_endstation, read_xdi
 from endstation.catalog import CatalogError, open_catalog
-from endstation.replay import main, normalize_documents, replay
+from apps.replay import main
+from endstation.replay import normalize_documents, replay
 from plans import xafs_scan
 
 GRID = {"bounds": "-150 -20 30 9k", "steps": "10 0.5 0.1k", "times": "0.5 0.5 0.1k"}

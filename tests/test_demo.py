@@ -9,7 +9,7 @@ import pytest
 
 
 def test_demo_identifies_stores_and_replays(qm9_o_k_jsonl, tmp_path, tmp_path_factory):
-    from plans.demo import molecule_problem, run_demo
+    from apps.demo import molecule_problem, run_demo
 
     problem = molecule_problem(n_candidates=6, seed=2)
     log = io.StringIO()

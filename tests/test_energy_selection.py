@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from endstation.beamtime import beam_time_cost
 from plans.energy_selection import (
     EnergySelectionAgent,
     SpaceFillingAgent,
-    beam_time_cost,
     pairwise_information_gain,
 )
 

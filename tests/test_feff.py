@@ -326,7 +326,7 @@ def test_failures_are_kept_on_resume_and_dropped_for_retry(tmp_path):
 
 
 def test_cli_structures_reports_failures_by_name(tmp_path, capsys):
-    from models.feff.cli import main
+    from apps.feff import main
 
     poscar = tmp_path / "cuprite.vasp"
     cu2o().to(filename=str(poscar), fmt="poscar")
@@ -339,3 +339,17 @@ def test_cli_structures_reports_failures_by_name(tmp_path, capsys):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["failure_reasons"] == {"FeffInputError": 1, "StructureError": 1}
     assert "absorber Zn missing" in (tmp_path / "out" / "cuprite" / "error.txt").read_text()
+
+
+def test_cli_qm9_without_qm9pack_ends_in_one_line(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    from apps.feff import main
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "qm9pack" else real_find_spec(name, *a))
+    code = main(["qm9", "--absorber", "N", "--count", "2", "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("xas-feff: error: qm9pack is not installed")

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xas_callbacks.normalize import find_e0, mu_from_counts, normalize
+from endstation.modes import mu_from_counts
+from models.normalization import normalize
 
 
 def test_transmission_mu_and_variance_match_poisson_simulation():
@@ -62,9 +63,11 @@ def test_few_irregular_points_are_provisional_but_finite():
     assert np.all(np.isfinite(nm.norm)) and np.isfinite(nm.edge_step) and nm.edge_step != 0
 
 
-def test_find_e0_on_edge():
+def test_e0_found_on_the_edge_when_not_given():
     E = np.arange(8950, 9010, 0.5)
-    assert abs(find_e0(E, _spectrum(E)) - 8979.0) <= 1.0
+    assert abs(normalize(E, _spectrum(E)).e0 - 8979.0) <= 1.0
+    sparse = np.array([8950.0, 8970.0, 8978.0, 8980.0, 9000.0, 8978.0])  # unsorted, repeated
+    assert abs(normalize(sparse, _spectrum(sparse)).e0 - 8979.0) <= 2.0
 
 
 @settings(max_examples=40, deadline=None)

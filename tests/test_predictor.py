@@ -12,9 +12,9 @@ pytest.importorskip("torch_geometric")
 from pymatgen.core import Lattice, Molecule, Structure  # noqa: E402
 
 from models import available_models, load_predictor  # noqa: E402
-from models.cli import predict_main  # noqa: E402
+from apps.predict import main as predict_main  # noqa: E402
 from models.predictor import WEIGHTS_DIR, ModelNotFoundError  # noqa: E402
-from models.training import file_sha256  # noqa: E402
+from models.provenance import file_sha256  # noqa: E402
 
 SHIPPED = ("cu-k", "o-k", "n-k")
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from xas_callbacks.candidates import CandidateLibrary
-from xas_callbacks.cli import main, read_spectrum
+from apps.rank import main
+from endstation.measured import read_spectrum
 
 CUO_IDS = ["mp-1692", "mp-704645", "mp-361", "mp-23733", "mp-504588"]
 

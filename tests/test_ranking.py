@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from scipy import integrate
 
+from models.spectra import gaussian_broaden_uniform
+
 from xas_callbacks.ranking import (
     RankingConfig,
     RankingEngine,
-    gaussian_broaden_uniform,
     linear_gaussian_log_evidence,
 )
 

@@ -69,7 +69,7 @@ def test_adaptive_plan_driven_by_a_ranking_service_in_another_process(library, t
     threading.Thread(target=proxy.start, daemon=True).start()
     saved = library.save(tmp_path / "candidates.npz")
     service = subprocess.Popen(
-        [sys.executable, "-m", "xas_callbacks.remote", "--listen", f"localhost:{out_port}",
+        [sys.executable, "-m", "apps.rank_service", "--listen", f"localhost:{out_port}",
          "--publish", f"localhost:{in_port}", "--candidates", str(saved)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},

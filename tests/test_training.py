@@ -11,7 +11,8 @@ pytest.importorskip("torch_geometric")
 from torch_geometric.data import Data  # noqa: E402
 
 from models import training  # noqa: E402
-from models.gnn import XASNet  # noqa: E402
+from models.gnn import XASNet, aggregate_sites, resolve_device  # noqa: E402
+from models.provenance import file_sha256  # noqa: E402
 
 
 def test_smoke_run_writes_card_and_checkpoint_then_resumes(qm9_o_k_jsonl, tmp_path):
@@ -27,7 +28,7 @@ def test_smoke_run_writes_card_and_checkpoint_then_resumes(qm9_o_k_jsonl, tmp_pa
     state = torch.load(ckpt, weights_only=True)
     payload = torch.load(weights, weights_only=True)
     assert len(state["done"]) == 1 and state["member"] == 1
-    assert card["weights_sha256"] == training.file_sha256(weights)
+    assert card["weights_sha256"] == file_sha256(weights)
     assert card["split"]["train_records"] + card["split"]["val_records"] + card["split"]["test_records"] == 24
     assert card["training"]["members"][0]["epochs_run"] == 2
     assert payload["config"]["energies"][0] == card["energy_grid"]["min_eV"]
@@ -109,17 +110,17 @@ def test_training_lowers_validation_error_on_a_learnable_task():
 def test_aggregate_sites_weighted_average():
     mean = torch.tensor([[[1.0], [3.0], [5.0]]])  # 1 member, 3 sites, 1 point
     std = torch.tensor([[[1.0], [2.0], [4.0]]])
-    m, s = training.aggregate_sites(mean, std, [0, 0, 1], [0.25, 0.75, 1.0], 2)
+    m, s = aggregate_sites(mean, std, [0, 0, 1], [0.25, 0.75, 1.0], 2)
     torch.testing.assert_close(m, torch.tensor([[[2.5], [5.0]]]))
     torch.testing.assert_close(s, torch.tensor([[[1.75], [4.0]]]))
     with pytest.raises(ValueError, match="positive weight"):
-        training.aggregate_sites(mean, std, [0, 0, 1], [0.5, 0.5, 0.0], 2)
+        aggregate_sites(mean, std, [0, 0, 1], [0.5, 0.5, 0.0], 2)
 
 
 def test_device_resolution():
-    assert training.resolve_device("cpu").type == "cpu"
+    assert resolve_device("cpu").type == "cpu"
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert training.resolve_device("auto").type == expected
+    assert resolve_device("auto").type == expected
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="cuda"):
-            training.resolve_device("cuda")
+            resolve_device("cuda")

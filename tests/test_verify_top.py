@@ -17,7 +17,8 @@ import pytest
 
 from xas_callbacks.candidates import CandidateLibrary
 from xas_callbacks.candidates import _source_of
-from xas_callbacks.cli import main, rank_spectrum
+from apps.rank import main
+from xas_callbacks.ranking import rank_spectrum
 from xas_callbacks.verify import _verdict, compare_with_feff, verify_top
 from xas_callbacks.ranking import RankingConfig
 

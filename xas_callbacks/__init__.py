@@ -13,8 +13,6 @@ __all__ = [
     "RankingConfig",
     "RankingResult",
     "LiveRankingPlot",
-    "mu_from_counts",
-    "normalize",
 ]
 
 _WHERE = {
@@ -24,8 +22,6 @@ _WHERE = {
     "RankingConfig": "xas_callbacks.ranking",
     "RankingResult": "xas_callbacks.ranking",
     "LiveRankingPlot": "xas_callbacks.plotting",
-    "mu_from_counts": "xas_callbacks.normalize",
-    "normalize": "xas_callbacks.normalize",
 }
 
 

@@ -28,20 +28,16 @@ from typing import Callable
 import numpy as np
 from event_model import DocumentRouter, compose_run, unpack_event_page
 
-from xas_callbacks.candidates import CandidateLibrary, _software_version
-from xas_callbacks.normalize import Normalization, mu_from_counts, normalize
+from endstation.modes import MODE_ROLES, mu_from_counts
+from models.normalization import Normalization, normalize
+from models.provenance import software_version
+from xas_callbacks.candidates import CandidateLibrary
 from xas_callbacks.ranking import RankingConfig, RankingEngine, RankingResult
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["XASRankingCallback", "MODE_ROLES"]
+__all__ = ["XASRankingCallback"]
 
-#: detector roles needed by each mode
-MODE_ROLES = {
-    "transmission": ("i0", "it"),
-    "fluorescence": ("i0", "if"),
-    "reference": ("it", "ir"),
-}
 
 _ENGINE_CACHE: dict = {}
 
@@ -326,7 +322,7 @@ class XASRankingCallback(DocumentRouter):
             "candidates_sha256": p.get("candidates_sha256"),
             "n_candidates": len(self._library),
             "n_failures": len(self._library.failures),
-            "software_version": _software_version(),
+            "software_version": software_version(),
         }
 
     def _safe_emit(self, name: str, doc: dict) -> None:

@@ -31,6 +31,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from models.provenance import software_version
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["CandidateLibrary", "candidate_set_sha256", "STRUCTURE_SUFFIXES", "read_xmu_file"]
@@ -38,15 +40,6 @@ __all__ = ["CandidateLibrary", "candidate_set_sha256", "STRUCTURE_SUFFIXES", "re
 STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".xyz", ".json", ".mol", ".sdf")
 _SITE_DIR = re.compile(r"^(\d+)_([A-Z][a-z]?)$")
 CACHE_VERSION = 2
-
-
-def _software_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("steered-xas")
-    except Exception:  # noqa: BLE001
-        return "unknown"
 
 
 def candidate_set_sha256(items: Sequence) -> str:
@@ -135,7 +128,7 @@ class CandidateLibrary:
             "weights_sha256": None,
             "candidates_sha256": None,
             "source": None,
-            "software_version": _software_version(),
+            "software_version": software_version(),
             **dict(self.provenance),
         }
 

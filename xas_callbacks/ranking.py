@@ -26,16 +26,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models.normalization import normalize
+from models.spectra import gaussian_broaden_uniform
+
 __all__ = [
+    "rank_spectrum",
     "RankingConfig",
     "RankingResult",
     "RankingEngine",
     "linear_gaussian_log_evidence",
-    "gaussian_broaden_uniform",
 ]
 
 LOG2PI = float(np.log(2.0 * np.pi))
-FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 
 
 @dataclass(frozen=True)
@@ -185,33 +187,6 @@ def linear_gaussian_log_evidence(
         - 0.5 * np.log(det)
         - 0.5 * (Syy + la * ma * ma + lb * mb * mb - quad)
     )
-
-
-def gaussian_broaden_uniform(mu: np.ndarray, step: float, fwhm: float) -> np.ndarray:
-    """Convolve spectra on a uniform grid with a normalised Gaussian of ``fwhm`` (eV).
-
-    Parameters
-    ----------
-    mu : ndarray, shape (..., G)
-        Spectra on a uniform grid of ``step`` eV; edges are extended with their end values.
-    step, fwhm : float
-        Grid step and Gaussian FWHM (eV). ``fwhm <= 0`` returns a copy.
-    """
-    mu = np.asarray(mu, dtype=float)
-    if fwhm <= 0:
-        return mu.copy()
-    sigma = fwhm * FWHM_TO_SIGMA / step
-    half = int(np.ceil(4 * sigma))
-    x = np.arange(-half, half + 1)
-    kern = np.exp(-0.5 * (x / sigma) ** 2)
-    kern /= kern.sum()
-    padded = np.concatenate(
-        [np.repeat(mu[..., :1], half, axis=-1), mu, np.repeat(mu[..., -1:], half, axis=-1)], axis=-1
-    )
-    # FFT-free direct convolution along the last axis, deterministic
-    from scipy.ndimage import correlate1d
-
-    return correlate1d(padded, kern, axis=-1, mode="nearest")[..., half:-half]
 
 
 class RankingEngine:
@@ -579,3 +554,22 @@ def _logsumexp(x: np.ndarray, axis=None) -> np.ndarray:
     if axis is None:
         return float(out.reshape(()))
     return np.squeeze(out, axis=axis)
+
+
+def rank_spectrum(spectrum: dict, library, config: RankingConfig | None = None,
+                  e0: float | None = None, dtype=np.float32):
+    """Normalise a measured spectrum and rank ``library`` against it.
+
+    Returns
+    -------
+    engine, result, normalization
+    """
+    E = np.asarray(spectrum["energy"], dtype=float)
+    order = np.argsort(E, kind="stable")
+    E, mu, var = E[order], np.asarray(spectrum["mu"])[order], np.asarray(spectrum["var"])[order]
+    nm = normalize(E, mu, e0 if e0 is not None else spectrum.get("e0"))
+    y, v = nm.apply(E, mu, var)
+    eng = RankingEngine(library.names, library.energies, library.mean, library.std,
+                        config=config, dtype=dtype)
+    eng.add_points(E, y, v)
+    return eng, eng.result(), nm

@@ -18,30 +18,20 @@ Without ``--candidates`` each run's candidates are taken from its start document
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from typing import Any, Callable
 
-import numpy as np
+from models.jsonable import json_default
 
-__all__ = ["json_serializer", "json_deserializer", "json_publisher", "SkipAnalysisRuns", "ranking_service", "main"]
+__all__ = ["json_serializer", "json_deserializer", "json_publisher", "SkipAnalysisRuns", "ranking_service"]
 
 logger = logging.getLogger(__name__)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def json_serializer(doc: dict) -> bytes:
     """A document as JSON bytes (numpy arrays and scalars as lists and numbers)."""
-    return json.dumps(doc, default=_jsonable).encode()
+    return json.dumps(doc, default=json_default).encode()
 
 
 def json_deserializer(data: bytes) -> dict:
@@ -97,31 +87,3 @@ def ranking_service(listen: Any, publish: Any, *, library=None, prefix: bytes = 
     dispatcher.subscribe(SkipAnalysisRuns(callback))
     dispatcher.ranking_callback = callback
     return dispatcher
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="xas-rank-service", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--listen", required=True, help="proxy outbound address host:port (documents in)")
-    parser.add_argument("--publish", required=True, help="proxy inbound address host:port (rankings out)")
-    parser.add_argument("--candidates", default=None, help="candidate set (folder, SMILES file, saved .npz)")
-    parser.add_argument("--model", default=None, help="model predicting the candidates (e.g. cu-k)")
-    parser.add_argument("--prefix", default="", help="0MQ topic prefix")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    library = None
-    if args.candidates:
-        from xas_callbacks.candidates import CandidateLibrary
-
-        library = CandidateLibrary.from_source(args.candidates, model=args.model)
-        logger.info("%d candidates from %s (%d failed)", len(library), args.candidates, len(library.failures))
-    service = ranking_service(args.listen, args.publish, library=library, prefix=args.prefix.encode())
-    print(f"ranking service: documents from {args.listen}, rankings to {args.publish}", flush=True)
-    try:
-        service.start()
-    except KeyboardInterrupt:
-        service.stop()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

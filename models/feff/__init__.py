@@ -6,7 +6,7 @@
   batches (:func:`~models.feff.runner.run_batch`, local processes or a Dask cluster) and
   in-memory spectra (:func:`~models.feff.runner.compute_spectra`).
 * :mod:`models.feff.qm9`: QM9 molecules in the fixed order of the shared QM9 sets.
-* :mod:`models.feff.cli`: the ``xas-feff`` command.
+* :mod:`apps.feff`: the ``xas-feff`` command.
 
 Needs the ``feff`` extra (``feff10-rs``, ``dask[distributed]``); QM9 needs the ``qm9`` extra.
 """

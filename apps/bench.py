@@ -26,7 +26,7 @@ XAS data library, ranked among crystal structures of Cu minerals (AMCSD CIFs shi
 same compounds, where the folder has them).
 
 Beam time = dwell + settle + travel at the demo's monochromator speed, computed by
-:func:`plans.demo._beam_time` for every policy alike. The agent's decision time
+:func:`endstation.beamtime.path_beam_time` for every policy alike. The agent's decision time
 (:meth:`EnergySelectionAgent.suggest`, 1,000 candidates, CPU) is measured too. Writes
 ``<out>/adaptive_<model>.json`` and ``<out>/adaptive_<model>.png``.
 """
@@ -469,7 +469,7 @@ def _result(callback, energies, t0, reason="") -> PolicyRun:
 def run_adaptive(RE, docs, problem: Problem, *, dwell_s: float, confidence: float, max_points: int,
                  agent: str = "information-gain") -> PolicyRun:
     from plans.adaptive import adaptive_xas_plan
-    from plans.demo import MONO_SPEED_EV_PER_S, SETTLE_S
+    from apps.demo import MONO_SPEED_EV_PER_S, SETTLE_S
     from plans.ranking_feed import InProcessRankingFeed
     from xas_callbacks.callback import XASRankingCallback
 
@@ -537,7 +537,7 @@ def seed_anchors(element: str, edge: str, model_energies: np.ndarray) -> np.ndar
 # ------------------------------------------------------------------------------ scoring
 def score(problem: Problem, run: PolicyRun, n_conventional: int, beam_conventional: float, dwell_s: float,
           feff_spectra: dict | None, keep_energies: bool = False) -> dict:
-    from plans.demo import _beam_time
+    from apps.demo import _beam_time
 
     names = run.ranking_names
     top1 = names[0] if names else None
@@ -665,7 +665,7 @@ def decision_time(n_candidates: int = 1000, repeats: int = 30) -> dict:
 def run_adaptive_benchmark(args, stream=sys.stdout) -> dict:
     from bluesky import RunEngine
 
-    from plans.demo import MONO_SPEED_EV_PER_S, SETTLE_S, _beam_time
+    from apps.demo import MONO_SPEED_EV_PER_S, SETTLE_S, _beam_time
 
     t_start = time.perf_counter()
     policies = [p for p in POLICIES if p in set(args.policies)]
@@ -758,7 +758,7 @@ def run_adaptive_benchmark(args, stream=sys.stdout) -> dict:
             "offset_eV": "U(-2, 2), unknown to the plans",
             "conventional_grid": {**CONVENTIONAL_GRID, "dwell_s": args.dwell, "n_points": int(conv.size),
                                   "relative_to": "tabulated E0 (xraydb)"},
-            "beam_time": {"definition": "sum over points of dwell + settle + |dE| / mono speed (plans.demo._beam_time)",
+            "beam_time": {"definition": "sum over points of dwell + settle + |dE| / mono speed (endstation.beamtime.path_beam_time)",
                           "mono_speed_eV_per_s": MONO_SPEED_EV_PER_S, "settle_s": SETTLE_S,
                           "conventional_s": float(beam_conv)},
             "uniform_random": "adaptive seed's normalisation anchors + evenly spaced / uniformly random energies "

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "models" / "examples"
 
 
 def example_structures(predictor) -> list[str]:
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def predict_main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``xas-predict``; returns the exit status."""
     from models.predictor import load_predictor
 

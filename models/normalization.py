@@ -1,14 +1,10 @@
-"""mu(E) from detector counts, with Poisson variances, and edge-step normalisation.
+"""Edge-step normalisation of mu(E), from a handful of live points to a full spectrum.
 
-Plain functions over arrays, in the manner of ``larch.xafs``:
-
-* :func:`mu_from_counts` -- transmission ``ln(I0/It)``, fluorescence ``If/I0`` or reference
-  ``ln(It/Ir)``, each with the per-point variance of counting statistics and a mask of bad
-  points (non-finite or non-positive counts), which are flagged, never raised on.
-* :func:`normalize` -- E0, edge step, pre-edge line and post-edge polynomial like Larch's
-  ``pre_edge``. It calls :func:`larch.xafs.pre_edge` when asked and the pre- and post-edge
-  regions hold enough points, and otherwise falls back to robust least-squares lines that
-  work with a handful of irregular points (the first points of a live scan).
+A plain function over arrays, in the manner of ``larch.xafs``: :func:`normalize` finds E0, the
+edge step, the pre-edge line and the post-edge polynomial like Larch's ``pre_edge``. It calls
+:func:`larch.xafs.pre_edge` when asked and the pre- and post-edge regions hold enough points,
+and otherwise falls back to robust least-squares lines that work with a handful of irregular
+points (the first points of a live scan).
 """
 
 from __future__ import annotations
@@ -17,62 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["MODES", "mu_from_counts", "Normalization", "normalize", "find_e0"]
+from models.spectra import edge_position
 
-MODES = ("transmission", "fluorescence", "reference")
-
-
-def mu_from_counts(
-    mode: str,
-    i0=None,
-    it=None,
-    ir=None,
-    if_=None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Absorption and its counting variance from detector counts.
-
-    Parameters
-    ----------
-    mode : {"transmission", "fluorescence", "reference"}
-        ``ln(I0/It)``, ``If/I0`` or ``ln(It/Ir)``.
-    i0, it, ir, if_ : array_like or float
-        Counts of the incident, transmitted, reference and fluorescence detectors.
-
-    Returns
-    -------
-    mu : ndarray
-        Absorption (NaN where bad).
-    var : ndarray
-        Variance of ``mu`` from Poisson statistics of the counts: ``1/I0 + 1/It`` for
-        logarithms, ``(If/I0)^2 (1/If + 1/I0)`` for the ratio (NaN where bad).
-    bad : ndarray of bool
-        True where a needed count is missing, non-finite, zero or negative.
-    """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-    if mode == "transmission":
-        num, den = i0, it
-    elif mode == "reference":
-        num, den = it, ir
-    else:
-        num, den = if_, i0
-    if num is None or den is None:
-        raise ValueError(f"mode {mode!r} needs both detector counts")
-    num = np.atleast_1d(np.asarray(num, dtype=float))
-    den = np.atleast_1d(np.asarray(den, dtype=float))
-    num, den = np.broadcast_arrays(num, den)
-    bad = ~(np.isfinite(num) & np.isfinite(den) & (num > 0) & (den > 0))
-    n = np.where(bad, 1.0, num)
-    d = np.where(bad, 1.0, den)
-    if mode == "fluorescence":
-        mu = n / d
-        var = mu**2 * (1.0 / n + 1.0 / d)
-    else:
-        mu = np.log(n / d)
-        var = 1.0 / n + 1.0 / d
-    mu = np.where(bad, np.nan, mu)
-    var = np.where(bad, np.nan, var)
-    return mu, var, bad
+__all__ = ["Normalization", "normalize"]
 
 
 @dataclass
@@ -107,18 +50,6 @@ class Normalization:
             return False
         d_off = abs(other.pre_line(self.e0) - self.pre_line(self.e0))
         return d_off <= rtol * abs(self.edge_step)
-
-
-def find_e0(energy, mu) -> float:
-    """Energy of the maximum derivative of ``mu`` (the smoothed one where enough points)."""
-    energy = np.asarray(energy, dtype=float)
-    mu = np.asarray(mu, dtype=float)
-    if energy.size < 3:
-        return float(np.mean(energy)) if energy.size else float("nan")
-    d = np.gradient(mu, energy)
-    if energy.size >= 7:
-        d = np.convolve(d, np.ones(3) / 3, mode="same")
-    return float(energy[int(np.argmax(d[1:-1])) + 1])
 
 
 def _robust_line(x, y, deg: int = 1):
@@ -186,7 +117,7 @@ def normalize(
         return Normalization(float(e0 or np.nan), 1.0, (0.0, 0.0), (1.0,), "provisional", 0,
                              np.full(energy.shape, np.nan))
     if e0 is None or not np.isfinite(e0):
-        e0 = find_e0(E, y)
+        e0 = _edge_of_points(E, y)
     e0 = float(e0)
     x = E - e0
     pre = (x >= pre1) & (x <= pre2)
@@ -237,3 +168,13 @@ def normalize(
                         tuple(float(c) for c in cpost), method, n)
     res.norm = res.apply(energy, mu)
     return res
+
+
+def _edge_of_points(energy: np.ndarray, mu: np.ndarray) -> float:
+    """E0 of sorted, possibly repeated and sparse points (:func:`models.spectra.edge_position`
+    of their per-energy means)."""
+    unique, inverse = np.unique(energy, return_inverse=True)
+    if unique.size < 3:
+        return float(np.mean(unique))
+    means = np.bincount(inverse, weights=mu) / np.bincount(inverse)
+    return edge_position(unique, means, smooth_eV=0.0 if unique.size < 7 else 0.5)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from plans.energy_selection import beam_time_cost
+from endstation.beamtime import path_beam_time
 
 __all__ = ["main", "DemoProblem", "crystal_problem", "molecule_problem", "run_demo"]
 
@@ -124,12 +124,8 @@ class _TerminalProgress:
 
 
 def _beam_time(energies: np.ndarray, dwells: np.ndarray) -> float:
-    previous = None
-    total = 0.0
-    for energy, dwell in zip(energies, dwells):
-        total += float(beam_time_cost(np.array([energy]), previous, dwell, MONO_SPEED_EV_PER_S, SETTLE_S)[0])
-        previous = energy
-    return total
+    """Beam time of readings in this order at the demo's monochromator speed and settling."""
+    return path_beam_time(energies, dwells, MONO_SPEED_EV_PER_S, SETTLE_S)
 
 
 def _primary(run_docs):

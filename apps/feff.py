@@ -28,7 +28,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from models.feff.inputs import CLUSTER_RADIUS, CRYSTAL_CARDS, MOLECULE_CARDS, FeffCards
+from models.feff.inputs import CLUSTER_RADIUS, CRYSTAL_CARDS, MOLECULE_CARDS, FeffCards, FeffInputError
+from models.feff.qm9 import QM9DataError
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -160,6 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished results are saved; run the same command again to resume", file=sys.stderr)
         return 130
+    except (QM9DataError, FeffInputError, ValueError, OSError) as exc:
+        print(f"xas-feff: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

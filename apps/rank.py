@@ -27,9 +27,10 @@ from typing import Sequence
 
 import numpy as np
 
+from endstation.measured import read_spectrum
+from models.jsonable import json_default
 from xas_callbacks.candidates import CandidateLibrary
-from xas_callbacks.normalize import mu_from_counts, normalize
-from xas_callbacks.ranking import RankingConfig, RankingEngine
+from xas_callbacks.ranking import RankingConfig, rank_spectrum
 from xas_callbacks.verify import (
     VERIFY_STAGE_TIMEOUT,
     Verification,
@@ -40,148 +41,7 @@ from xas_callbacks.verify import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["main", "read_spectrum", "rank_spectrum", "noise_variance"]
-
-_COUNT_ALIASES = {
-    "i0": ("i0", "izero"),
-    "it": ("itrans", "it", "i1", "itrans1"),
-    "ir": ("irefer", "iref", "ir", "i2"),
-    "if": ("ifluor", "if", "ifl", "fluor"),
-}
-
-
-def noise_variance(energy, mu) -> np.ndarray:
-    """Per-point variance estimated from the data when no counts are known: the robust scale
-    of second differences (white noise: var(d2) = 6 sigma^2)."""
-    mu = np.asarray(mu, dtype=float)
-    if mu.size < 5:
-        return np.full(mu.shape, 1e-6)
-    d2 = mu[:-2] - 2 * mu[1:-1] + mu[2:]
-    s = 1.4826 * np.median(np.abs(d2 - np.median(d2))) / np.sqrt(6.0)
-    return np.full(mu.shape, max(s, 1e-9) ** 2)
-
-
-def _read_xdi_columns(path: Path) -> tuple[dict, dict]:
-    """Columns of an XDI file by name, and the header fields."""
-    try:
-        from endstation.xdi import read_xdi  # the project's own reader, when present
-
-        res = read_xdi(path)
-        if isinstance(res, tuple) and len(res) == 2 and isinstance(res[0], dict):
-            return {k.lower(): np.asarray(v, dtype=float) for k, v in res[0].items()}, res[1]
-        if hasattr(res, "columns"):
-            header = {f"{fam}.{key}": val for fam, block in (getattr(res, "metadata", {}) or {}).items()
-                      if isinstance(block, dict) for key, val in block.items()}
-            return {k.lower(): np.asarray(v, dtype=float) for k, v in dict(res.columns).items()}, header
-    except Exception:  # noqa: BLE001 -- fall back to the plain reader below
-        pass
-    names: dict[int, str] = {}
-    header: dict[str, str] = {}
-    rows = []
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("#"):
-            m = re.match(r"#\s*([\w.]+)\s*:\s*(.*)", line)
-            if m:
-                header[m.group(1)] = m.group(2).strip()
-                c = re.match(r"Column\.(\d+)", m.group(1))
-                if c:
-                    names[int(c.group(1)) - 1] = m.group(2).split()[0].lower()
-            continue
-        parts = line.split()
-        if parts:
-            try:
-                rows.append([float(p) for p in parts])
-            except ValueError:
-                continue
-    width = min(len(r) for r in rows)
-    data = np.array([r[:width] for r in rows])
-    cols = {names.get(i, f"col{i + 1}"): data[:, i] for i in range(width)}
-    return cols, header
-
-
-def read_spectrum(path, mode: str | None = None, group: str | None = None) -> dict:
-    """Read a measured spectrum.
-
-    Returns
-    -------
-    dict
-        ``energy``, ``mu``, ``var`` (counting variance from raw counts, else estimated from
-        the data), ``mode`` (what was formed), ``source``, ``e0`` (from the header where given).
-    """
-    path = Path(path)
-    text_head = path.read_bytes()[:200]
-    if path.suffix.lower() == ".prj" or text_head.startswith(b"\x1f\x8b") or b"Athena project" in text_head:
-        from larch.io import read_athena
-
-        proj = read_athena(str(path), do_preedge=False, do_bkg=False, do_fft=False)
-        groups = [k for k in dir(proj) if not k.startswith("_")
-                  and hasattr(getattr(proj, k), "energy") and hasattr(getattr(proj, k), "mu")]
-        if not groups:
-            raise ValueError(f"{path}: no group with energy and mu in the Athena project")
-        if group is not None and group not in groups:
-            raise ValueError(f"{path}: no group {group!r}; groups: {groups}")
-        name = group if group else groups[0]
-        g = getattr(proj, name)
-        E = np.asarray(g.energy, dtype=float)
-        mu = np.asarray(g.mu, dtype=float)
-        return {"energy": E, "mu": mu, "var": noise_variance(E, mu), "mode": "athena:" + name,
-                "source": str(path), "e0": None}
-    first = text_head.decode(errors="replace")
-    if first.startswith("# XDI") or path.suffix.lower() == ".xdi":
-        cols, header = _read_xdi_columns(path)
-        E = cols.get("energy", next(iter(cols.values())))
-        found = {role: next((cols[a] for a in aliases if a in cols), None)
-                 for role, aliases in _COUNT_ALIASES.items()}
-        e0 = None
-        try:
-            import xraydb
-
-            sym = header.get("Element.symbol")
-            edge = header.get("Element.edge", "K")
-            if sym:
-                e0 = float(xraydb.xray_edge(sym, edge).energy)
-        except Exception:  # noqa: BLE001
-            pass
-        want = mode
-        if want is None:
-            want = "transmission" if found["i0"] is not None and found["it"] is not None else (
-                "fluorescence" if found["i0"] is not None and found["if"] is not None else None)
-        if want is not None and (found["i0"] is not None or want == "reference"):
-            mu, var, bad = mu_from_counts(want, i0=found["i0"], it=found["it"], ir=found["ir"],
-                                          if_=found["if"])
-            keep = ~bad
-            return {"energy": E[keep], "mu": mu[keep], "var": var[keep], "mode": want,
-                    "source": str(path), "e0": e0, "n_bad": int(bad.sum())}
-        mucol = next((k for k in cols if k.startswith("mu") or k == "xmu"), None)
-        if mucol is None:
-            raise ValueError(f"{path}: no i0/itrans/ifluor counts and no mu column in {list(cols)}")
-        mu = cols[mucol]
-        return {"energy": E, "mu": mu, "var": noise_variance(E, mu), "mode": mucol,
-                "source": str(path), "e0": e0}
-    data = np.loadtxt(path, comments="#", ndmin=2)
-    E, mu = data[:, 0], data[:, 1]
-    return {"energy": E, "mu": mu, "var": noise_variance(E, mu), "mode": "mu", "source": str(path),
-            "e0": None}
-
-
-def rank_spectrum(spectrum: dict, library: CandidateLibrary, config: RankingConfig | None = None,
-                  e0: float | None = None, dtype=np.float32):
-    """Normalise a measured spectrum and rank ``library`` against it.
-
-    Returns
-    -------
-    engine, result, normalization
-    """
-    E = np.asarray(spectrum["energy"], dtype=float)
-    order = np.argsort(E, kind="stable")
-    E, mu, var = E[order], np.asarray(spectrum["mu"])[order], np.asarray(spectrum["var"])[order]
-    nm = normalize(E, mu, e0 if e0 is not None else spectrum.get("e0"))
-    y, v = nm.apply(E, mu, var)
-    eng = RankingEngine(library.names, library.energies, library.mean, library.std,
-                        config=config, dtype=dtype)
-    eng.add_points(E, y, v)
-    return eng, eng.result(), nm
-
+__all__ = ["main", "build_parser"]
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xas-rank", description=__doc__.split("\n\n")[0])
@@ -269,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out["verify_settings"] = ver.settings
         _print_verification(ver)
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps(out, indent=1, default=_jsonable))
+        Path(args.json_path).write_text(json.dumps(out, indent=1, default=json_default))
     if args.plot_path:
         import matplotlib
 
@@ -309,14 +169,6 @@ def _print_verification(ver: Verification) -> None:
               f"measured~FEFF: RMS {mf['rms']:.3f} r={mf['pearson']:.3f} | "
               f"{what}~FEFF: RMS {xf['rms']:.3f} r={xf['pearson']:.3f}")
         print(f"     -> {e['verdict_text']}")
-
-
-def _jsonable(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)
 
 
 if __name__ == "__main__":  # pragma: no cover
