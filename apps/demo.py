@@ -16,7 +16,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -306,8 +305,6 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the summary here")
     args = parser.parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
-    # Tiled stores candidate names as fixed-length strings in zarr, which warns on every write.
-    warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
     make = crystal_problem if args.sample == "crystal" else molecule_problem
     try:
         problem = make(args.candidates, args.seed)

@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +47,10 @@ API_KEY_ENV = "XAS_TILED_API_KEY"
 # One local server per directory and process (starting one takes seconds).
 _SERVERS: dict[Path, Any] = {}
 _SERVERS_LOCK = threading.Lock()
+# Tiled's app settings are a process-wide object that every SimpleTiledServer overwrites with its
+# own key, so the servers of one process must share one key: with a key each, opening a second
+# local catalog made the first one's new clients fail with "401 Invalid API key".
+_LOCAL_API_KEY = secrets.token_hex(32)
 
 
 class CatalogError(RuntimeError):
@@ -165,6 +171,9 @@ class XASCatalog:
                  cache: DocumentCache | None = None, batch_size: int = 1) -> None:
         from bluesky_tiled_plugins import TiledWriter
 
+        # zarr warns, for every string array written, that its string dtype has no V3 specification
+        # yet: nothing a user can act on, printed into the live table.
+        warnings.filterwarnings("ignore", message=r"The data type .* does not have a Zarr V3 specification")
         self.client = client
         self.uri = uri
         self.server = server
@@ -306,7 +315,7 @@ def _local_server(directory: Path) -> Any:
         if server is None:
             try:
                 directory.mkdir(parents=True, exist_ok=True)
-                server = SimpleTiledServer(directory)
+                server = SimpleTiledServer(directory, api_key=_LOCAL_API_KEY)
             except Exception as exc:
                 raise CatalogError(f"cannot start the local Tiled catalog in {directory}: {exc}") from exc
             _SERVERS[directory] = server

@@ -33,7 +33,7 @@ from .modes import ROLES
 from .sample import BeamPhysics, SimulatedSample
 
 __all__ = [
-    "NumericSignal",
+    "TypedSignal",
     "MonoEnergy",
     "DwellTime",
     "IonChamber",
@@ -41,11 +41,10 @@ __all__ = [
     "make_endstation",
 ]
 
-#: Role of each detector in the ``xas.detectors`` map -> device name / data key.
 
-
-class NumericSignal(Signal):
-    """A soft ``Signal`` whose description carries an event-model ``dtype_numpy`` (``<f8``).
+class TypedSignal(Signal):
+    """A soft ``Signal`` whose description carries an event-model ``dtype_numpy`` (default ``<f8``;
+    ``<U64`` for strings, ``<i8`` for integers), so stored values read back with their type.
 
     (ophyd's own ``dtype=`` argument writes ``float64``, which event-model's schema refuses.)
     """
@@ -81,10 +80,10 @@ class MonoEnergy(Device, PositionerBase):
         Monochromator crystal and d-spacing (configuration, for the XDI ``Mono`` family).
     """
 
-    readback = Cpt(NumericSignal, value=0.0, kind=Kind.hinted, dtype_numpy="<f8")
-    setpoint = Cpt(NumericSignal, value=0.0, kind=Kind.normal, dtype_numpy="<f8")
-    speed = Cpt(NumericSignal, value=100.0, kind=Kind.config, dtype_numpy="<f8")
-    d_spacing = Cpt(NumericSignal, value=3.13560, kind=Kind.config, dtype_numpy="<f8")
+    readback = Cpt(TypedSignal, value=0.0, kind=Kind.hinted, dtype_numpy="<f8")
+    setpoint = Cpt(TypedSignal, value=0.0, kind=Kind.normal, dtype_numpy="<f8")
+    speed = Cpt(TypedSignal, value=100.0, kind=Kind.config, dtype_numpy="<f8")
+    d_spacing = Cpt(TypedSignal, value=3.13560, kind=Kind.config, dtype_numpy="<f8")
 
     def __init__(
         self,
@@ -239,7 +238,7 @@ class IonChamber(Device):
         Multiplies the simulated counting wait (0: finish at once).
     """
 
-    counts = Cpt(NumericSignal, value=0, kind=Kind.hinted, dtype_numpy="<i8")
+    counts = Cpt(TypedSignal, value=0, kind=Kind.hinted, dtype_numpy="<i8")
 
     def __init__(
         self,

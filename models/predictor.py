@@ -91,6 +91,20 @@ def _resolve(name_or_path: str | Path) -> Path:
     )
 
 
+def model_card(name_or_path: str | Path) -> dict:
+    """The model card (``<weights>.json``) of a shipped model or weights file, without loading it.
+
+    Raises
+    ------
+    ModelNotFoundError
+        Unknown name, missing weights or missing card.
+    """
+    path = _resolve(name_or_path).with_suffix(".json")
+    if not path.exists():
+        raise ModelNotFoundError(f"weights {path.with_suffix('.pt')} have no model card {path.name}")
+    return json.loads(path.read_text())
+
+
 def load_predictor(name_or_path: str | Path, device: str = "auto") -> "Predictor":
     """Load a shipped model by name (``"cu-k"``, ``"o-k"``, ``"n-k"``) or a ``.pt`` file written by ``xas-train``.
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from .grids import DEFAULT_GRID, EnergyGrid, edge_energy, etok, ktoe, make_grid, parse_grid
-from .xafs import check_limits, detector_roles, xafs_scan
+from .checks import check_limits, detector_roles
+from .xafs import xafs_scan
 
 __all__ = [
     "DEFAULT_GRID",

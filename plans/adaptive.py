@@ -1,20 +1,26 @@
 """``adaptive_xas_plan``: measure where it tells the candidates apart, stop when the sample is known.
 
-One run. The plan declares the XAS metadata the ranking callback needs, measures a sparse seed
-set (pre-edge and post-edge anchors for normalisation, a coarse pass over the edge), then after
-each reading takes the ranking (in-process from a subscribed :class:`XASRankingCallback`, or
-from another process through :class:`plans.ranking_feed.RemoteRankingFeed`) and asks an agent
-with the bluesky-adaptive ``ingest``/``suggest`` vocabulary for the next energies. It stops when
-the leading candidate's probability reaches ``confidence`` or a point or beam-time budget is
-spent, and can finish with a conventional tail. Every decision (the ranking it used, the energies
-it chose and why) is recorded in the run's ``decision`` stream, before the checkpoint that
-precedes the move, so a pause/rewind neither loses nor repeats a decision.
+One run. Everything that can be checked is checked when the plan is made, before the run opens
+or anything moves: the mode, the candidates (predicted here, with the model), that model and
+candidates are for the element and edge asked, the agent, and every energy the plan may visit
+(seed, fallback grid, tail) against the monochromator's limits.
+
+Inside the run: a sparse seed (pre-edge and post-edge anchors for the normalisation, a coarse pass
+over the edge), then a loop. The ranking callback answers each reading with a ranking document
+(:mod:`plans.ranking_feed`), which the plan turns into the outcome the agent ingests; the agent
+(bluesky-adaptive's ``ingest``/``suggest``/``should_stop``) says where to measure next or to
+stop. The plan stops when the leading candidate's probability reaches ``confidence`` or a point
+or beam-time budget is spent, and can finish with a conventional tail. Every decision (the
+ranking it used, the energies it chose and why) is recorded in the run's ``decision`` stream
+before the checkpoint that precedes the move, so a pause/rewind neither loses nor repeats one.
 """
 
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,12 +28,16 @@ from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 from bluesky.utils import MsgGenerator
 from ophyd import Component as Cpt
-from ophyd import Device, Signal
+from ophyd import Device
 
+from endstation.beamtime import beam_time_cost
+from endstation.devices import TypedSignal
+from endstation.modes import SCAN_MODES
 from plans.energy_selection import AGENTS
-from plans.grids import edge_energy, make_grid
-from plans.ranking_feed import InProcessRankingFeed, RankingFeed
-from plans.xafs import check_limits, detector_roles
+from plans.checks import check_limits, checked_plan, detector_roles, find_dwell
+from plans.grids import make_grid
+from plans.metadata import merge_md
+from plans.ranking_feed import InProcessRankingFeed, RankingFeed, outcome_from_ranking
 
 __all__ = ["adaptive_xas_plan", "DecisionRecorder", "seed_energies", "DEFAULT_SEED"]
 
@@ -39,31 +49,76 @@ MISFIT_REDUCED_CHI2 = 4.0
 #: ``coarse_points`` evenly over the energy range the model predicts.
 DEFAULT_SEED: dict[str, Any] = {"pre_edge": [-60.0, -30.0], "post_edge": [150.0], "coarse_points": 8}
 
+#: Candidates recorded with each decision.
+DECISION_TOP = 10
+
 
 class DecisionRecorder(Device):
-    """Soft signals holding one decision of the adaptive plan, read into the ``decision`` stream."""
+    """Soft signals holding one decision of the adaptive plan, read into the ``decision`` stream.
 
-    n_points = Cpt(Signal, value=0, kind="hinted")
-    top_candidate = Cpt(Signal, value="", kind="hinted")
-    top_probability = Cpt(Signal, value=0.0, kind="hinted")
-    entropy = Cpt(Signal, value=0.0)
-    top_reduced_chi2 = Cpt(Signal, value=0.0)
-    offset_eV = Cpt(Signal, value=0.0)
-    broadening_eV = Cpt(Signal, value=0.0)
-    ranking_names = Cpt(Signal, value=[""])
-    ranking_probabilities = Cpt(Signal, value=[0.0])
-    next_energies = Cpt(Signal, value=[0.0])
-    expected_gain = Cpt(Signal, value=[0.0])
-    beam_time_s = Cpt(Signal, value=0.0)
-    action = Cpt(Signal, value="")
-    reason = Cpt(Signal, value="")
+    Arrays have fixed lengths (``top`` candidates, ``batch_size`` energies, padded with "" and
+    NaN), and every signal declares its numpy dtype, so the stream reads back from the catalog
+    as numbers and strings.
+    """
 
-    def __init__(self, *args, name: str = "decision", **kwargs):
+    n_points = Cpt(TypedSignal, value=0, kind="hinted", dtype_numpy="<i8")
+    top_candidate = Cpt(TypedSignal, value="", kind="hinted", dtype_numpy="<U64")
+    top_probability = Cpt(TypedSignal, value=0.0, kind="hinted")
+    entropy = Cpt(TypedSignal, value=0.0)
+    top_reduced_chi2 = Cpt(TypedSignal, value=0.0)
+    offset_eV = Cpt(TypedSignal, value=0.0)
+    broadening_eV = Cpt(TypedSignal, value=0.0)
+    ranking_names = Cpt(TypedSignal, value=[""], dtype_numpy="<U64")
+    ranking_probabilities = Cpt(TypedSignal, value=[0.0])
+    next_energies = Cpt(TypedSignal, value=[0.0])
+    expected_gain = Cpt(TypedSignal, value=[0.0])
+    beam_time_s = Cpt(TypedSignal, value=0.0)
+    action = Cpt(TypedSignal, value="", dtype_numpy="<U16")
+    reason = Cpt(TypedSignal, value="", dtype_numpy="<U400")
+
+    def __init__(self, *args, name: str = "decision", top: int = DECISION_TOP, batch_size: int = 1, **kwargs):
         super().__init__(*args, name=name, **kwargs)
+        self.top, self.batch_size = int(top), int(batch_size)
+        self.record(Decision("start", ""), None, 0, 0.0)
 
-    def record(self, **values) -> None:
+    def record(self, decision: "Decision", ranking: Mapping | None, n_points: int, beam_time_s: float) -> None:
+        """Put one decision and the ranking it was taken on into the signals."""
+        ranking = ranking or {}
+        ranked = ranking.get("ranking", [])[: self.top]
+        nan = float("nan")
+        chosen = decision.chosen[: self.batch_size]
+        values = {
+            "n_points": int(n_points),
+            "top_candidate": ranked[0]["name"] if ranked else "",
+            "top_probability": float(ranked[0]["probability"]) if ranked else 0.0,
+            "entropy": float(ranking.get("entropy", nan)),
+            "top_reduced_chi2": float(ranking.get("top_reduced_chi2", nan)),
+            "offset_eV": float(ranking.get("offset_eV", nan)),
+            "broadening_eV": float(ranking.get("broadening_eV", nan)),
+            "ranking_names": _padded([r["name"] for r in ranked], self.top, ""),
+            "ranking_probabilities": _padded([float(r["probability"]) for r in ranked], self.top, nan),
+            "next_energies": _padded([float(c["energy"]) for c in chosen], self.batch_size, nan),
+            "expected_gain": _padded([float(c.get("expected_information_gain", nan)) for c in chosen],
+                                     self.batch_size, nan),
+            "beam_time_s": float(beam_time_s),
+            "action": decision.action,
+            "reason": decision.reason,
+        }
         for key, value in values.items():
             getattr(self, key).put(value)
+
+
+def _padded(values: list, n: int, fill) -> list:
+    return (list(values) + [fill] * n)[:n]
+
+
+@dataclass
+class Decision:
+    """What the plan does next: ``measure`` the ``chosen`` energies, ``stop``, fall back, add a tail."""
+
+    action: str
+    reason: str
+    chosen: list[dict] = field(default_factory=list)
 
 
 def seed_energies(
@@ -84,11 +139,28 @@ def seed_energies(
     return np.round(np.asarray(pre + post + coarse, dtype=float), 3)
 
 
-def _beam_time(previous: float | None, energy: float, dwell_s: float, speed: float, settle_s: float) -> float:
-    travel = 0.0 if previous is None else abs(energy - previous) / speed
-    return dwell_s + settle_s + travel
+def candidate_library(candidates: Any, model: str | None, element: str, edge: str):
+    """The candidates as a :class:`~xas_callbacks.candidates.CandidateLibrary`, predicted with
+    ``model`` where they are structures; refused (``ValueError``) when empty or when the model or
+    the candidates are for another element or edge."""
+    from xas_callbacks.candidates import CandidateLibrary
+
+    if model is not None and not isinstance(candidates, CandidateLibrary):
+        from models.predictor import model_card
+
+        card = model_card(model)
+        if (card["element"], card["edge"].upper()) != (element, edge.upper()):
+            raise ValueError(f"model {model!r} predicts the {card['element']} {card['edge']}-edge, "
+                             f"not the {element} {edge}-edge asked for")
+    library = candidates if isinstance(candidates, CandidateLibrary) else CandidateLibrary.from_source(
+        candidates, model=model)
+    if len(library) < 1:
+        raise ValueError(f"no usable candidates in {candidates!r}: {library.failures}")
+    library.check_absorber(element, edge)
+    return library
 
 
+@checked_plan
 def adaptive_xas_plan(
     detectors: Sequence[Any],
     energy: Any,
@@ -112,6 +184,7 @@ def adaptive_xas_plan(
     settle_s: float = 0.2,
     agent: str | Any = "information-gain",
     agent_kwargs: Mapping | None = None,
+    per_step: Any = None,
     md: Mapping | None = None,
 ) -> MsgGenerator[str]:
     """Identify the sample among candidate structures with as few readings as it takes.
@@ -119,8 +192,8 @@ def adaptive_xas_plan(
     Parameters
     ----------
     detectors : list
-        Ion chambers (and fluorescence channel) read at each point; their names are the data
-        keys ``I0``, ``It``, ``Ir``, ``If`` of the endstation.
+        Ion chambers (and fluorescence channel) read at each point, and the dwell-time signal;
+        their names are the data keys ``I0``, ``It``, ``Ir``, ``If`` of the endstation.
     energy : Movable
         Monochromator energy positioner (eV).
     element, edge : str
@@ -162,8 +235,13 @@ def adaptive_xas_plan(
         the bluesky-adaptive ``ingest``/``suggest``/``should_stop`` methods, used as given.
     agent_kwargs : dict, optional
         Extra settings of the named agent's class.
+    per_step : callable, optional
+        Hook called for each reading, as in :func:`bluesky.plans.list_scan`:
+        ``per_step(detectors, {energy: target}, pos_cache)``; default
+        :func:`bluesky.plan_stubs.one_nd_step` (checkpoint, move, trigger and read).
     md : dict, optional
-        Metadata merged into the start document.
+        Metadata merged into the start document (:func:`plans.metadata.merge_md`: it adds and
+        overrides, never deletes the plan's keys).
 
     Yields
     ------
@@ -174,61 +252,45 @@ def adaptive_xas_plan(
     -------
     uid : str
         The run's uid.
-    """
-    from xas_callbacks.candidates import CandidateLibrary
 
-    library = candidates if isinstance(candidates, CandidateLibrary) else CandidateLibrary.from_source(
-        candidates, model=model
-    )
-    if len(library) < 1:
-        raise ValueError(f"no usable candidates in {candidates!r}: {library.failures}")
-    e0 = edge_energy(element, edge) if e0 is None else float(e0)
+    Raises
+    ------
+    ValueError
+        Before the run opens: unknown mode or agent, no usable candidates, a model or candidates
+        for another element or edge, a bad grid, or an energy outside the monochromator's limits.
+    """
+    if mode not in SCAN_MODES:
+        raise ValueError(f"adaptive_xas_plan: mode must be one of {SCAN_MODES}, got {mode!r}")
+    if isinstance(agent, str) and agent not in AGENTS:
+        raise ValueError(f"agent must be one of {sorted(AGENTS)} or an agent object, got {agent!r}")
+    if not isinstance(agent, str) and agent_kwargs:
+        raise ValueError("agent_kwargs apply to a named agent; configure an agent object yourself")
+    library = candidate_library(candidates, model, element, edge)
+    conventional = make_grid(element, edge, None, e0=e0)
+    e0 = conventional.e0
     if feed is None:
         from xas_callbacks.callback import XASRankingCallback
 
         feed = InProcessRankingFeed(XASRankingCallback(library))
-    callback = getattr(feed, "callback", None)  # in-process feeds: the ranking callback itself
-    ranking_config = getattr(callback, "config", None)
-    margin = 0.0 if ranking_config is None else max(abs(ranking_config.offset_min), abs(ranking_config.offset_max))
-    seed_set = seed_energies(e0, library.energies, seed, margin_eV=min(margin, 0.25 * np.ptp(library.energies)))
-    check_limits(energy, seed_set, plan_name="adaptive_xas_plan")
+    ranking_config = getattr(getattr(feed, "callback", None), "config", None)
+    offsets = 0.0 if ranking_config is None else max(abs(ranking_config.offset_min), abs(ranking_config.offset_max))
+    model_floor = 0.03 if ranking_config is None else ranking_config.model_floor
+    seed_set = seed_energies(e0, library.energies, seed, margin_eV=min(offsets, 0.25 * np.ptp(library.energies)))
+    fallback = conventional.energies[(conventional.energies >= library.energies[0] - 20)
+                                     & (conventional.energies <= library.energies[-1] + 20)]
     tail_grid = make_grid(element, edge, tail, e0=e0) if tail is not None else None
-    if tail_grid is not None:
-        check_limits(energy, tail_grid.energies, plan_name="adaptive_xas_plan")
-
+    for energies in (seed_set, fallback, [] if tail_grid is None else tail_grid.energies):
+        check_limits(energy, energies, plan_name="adaptive_xas_plan")
     if isinstance(agent, str):
-        if agent not in AGENTS:
-            raise ValueError(f"agent must be one of {sorted(AGENTS)} or an agent object, got {agent!r}")
         agent = AGENTS[agent](
-            library.names,
-            library.energies,
-            library.mean,
-            library.std,
-            dwell_s=dwell_s,
-            mono_speed_eV_per_s=mono_speed_eV_per_s,
-            settle_s=settle_s,
-            confidence=confidence,
-            max_points=max_points,
-            model_floor=ranking_config.model_floor if ranking_config is not None else 0.03,
+            library.names, library.energies, library.mean, library.std,
+            dwell_s=dwell_s, mono_speed_eV_per_s=mono_speed_eV_per_s, settle_s=settle_s,
+            confidence=confidence, max_points=max_points, model_floor=model_floor,
             **dict(agent_kwargs or {}),
         )
-    elif agent_kwargs:
-        raise ValueError("agent_kwargs apply to a named agent; configure an agent object yourself")
     roles = detector_roles(detectors)
-    policy = {
-        "agent": type(agent).__name__,
-        "agent_settings": _agent_settings(agent),
-        "confidence": confidence,
-        "max_points": max_points,
-        "max_beam_time_s": max_beam_time_s,
-        "dwell_s": dwell_s,
-        "batch_size": batch_size,
-        "seed": {**DEFAULT_SEED, **dict(seed or {})},
-        "mono_speed_eV_per_s": mono_speed_eV_per_s,
-        "settle_s": settle_s,
-        "ranking_timeout_s": ranking_timeout_s,
-        "feed": type(feed).__name__,
-    }
+    dwell_signal = find_dwell(detectors, None, required=False)
+    per_step = per_step or bps.one_nd_step
     provenance = library.provenance
     _md = {
         "plan_name": "adaptive_xas_plan",
@@ -261,108 +323,91 @@ def adaptive_xas_plan(
                 "failures": dict(library.failures),
             },
             "model": {"name": provenance.get("model") or model, "weights_sha256": provenance.get("weights_sha256")},
-            "policy": policy,
+            "policy": {
+                "agent": type(agent).__name__,
+                "agent_settings": _agent_settings(agent),
+                "confidence": confidence,
+                "max_points": max_points,
+                "max_beam_time_s": max_beam_time_s,
+                "dwell_s": dwell_s,
+                "batch_size": batch_size,
+                "seed": {**DEFAULT_SEED, **dict(seed or {})},
+                "mono_speed_eV_per_s": mono_speed_eV_per_s,
+                "settle_s": settle_s,
+                "ranking_timeout_s": ranking_timeout_s,
+                "feed": type(feed).__name__,
+            },
         },
         "hints": {"dimensions": [([energy.name], "primary")]},
-        **dict(md or {}),
     }
-    dwell_signal = _dwell_signal(detectors)
-    recorder = DecisionRecorder(name="decision")
-    state = {"beam_time_s": 0.0, "previous": None, "n_points": 0, "decisions": 0}
+    _md = merge_md(_md, md)
+    recorder = DecisionRecorder(name="decision", batch_size=batch_size)
+    readables = list(detectors) + ([energy] if energy not in detectors else [])
+    pos_cache: defaultdict = defaultdict(lambda: None)  # last set positions, as in bluesky's scan_nd
+    n_taken, beam_time_s, previous = 0, 0.0, None
 
-    def measure(target: float):
-        yield from bps.checkpoint()
-        yield from bps.mv(energy, target)
-        reading = yield from bps.trigger_and_read(list(detectors) + [energy])
-        state["beam_time_s"] += _beam_time(state["previous"], target, dwell_s, mono_speed_eV_per_s, settle_s)
-        state["previous"] = target
-        state["n_points"] += 1
-        agent.ingest([_point_from_reading(reading, energy.name, roles, mode)])
-        return reading
+    def measure(targets):
+        nonlocal n_taken, beam_time_s, previous
+        for target in targets:
+            target = float(target)
+            yield from per_step(detectors, {energy: target}, pos_cache)
+            beam_time_s += float(beam_time_cost(target, previous, dwell_s, mono_speed_eV_per_s, settle_s))
+            previous = target
+            n_taken += 1
 
-    def record(action: str, reason: str, ranking: Mapping | None, chosen: Sequence[Mapping]):
-        ranking = ranking or {}
-        ranked = ranking.get("ranking", [])
-        recorder.record(
-            n_points=state["n_points"],
-            top_candidate=ranked[0]["name"] if ranked else "",
-            top_probability=float(ranked[0]["probability"]) if ranked else 0.0,
-            entropy=float(ranking.get("entropy", np.nan)),
-            top_reduced_chi2=float(ranking.get("top_reduced_chi2", np.nan)),
-            offset_eV=float(ranking.get("offset_eV", np.nan)),
-            broadening_eV=float(ranking.get("broadening_eV", np.nan)),
-            ranking_names=[r["name"] for r in ranked] or [""],
-            ranking_probabilities=[float(r["probability"]) for r in ranked] or [0.0],
-            next_energies=[float(c["energy"]) for c in chosen] or [np.nan],
-            expected_gain=[float(c.get("expected_information_gain", np.nan)) for c in chosen] or [np.nan],
-            beam_time_s=state["beam_time_s"],
-            action=action,
-            reason=reason,
-        )
-        state["decisions"] += 1
-        yield from bps.create("decision")
-        yield from bps.read(recorder)
-        yield from bps.save()
+    def record(decision: Decision, ranking: Mapping | None):
+        recorder.record(decision, ranking, n_taken, beam_time_s)
+        yield from bps.trigger_and_read([recorder], name="decision")
 
-    def budget_spent() -> str | None:
-        if state["n_points"] >= max_points:
-            return f"point budget of {max_points} spent"
-        if max_beam_time_s is not None and state["beam_time_s"] >= max_beam_time_s:
-            return f"beam-time budget of {max_beam_time_s:.0f} s spent"
-        return None
+    def decide(ranking: Mapping) -> Decision:
+        stop, why = agent.should_stop()
+        why = why or _budget_spent(n_taken, max_points, beam_time_s, max_beam_time_s)
+        chi2 = float(ranking.get("top_reduced_chi2", np.nan))
+        if why and chi2 > MISFIT_REDUCED_CHI2:
+            why += (f"; but the leading candidate fits poorly (chi^2 per reading {chi2:.1f}): "
+                    "the sample may be none of the candidates")
+        if stop or why:
+            return Decision("stop", why)
+        chosen = agent.suggest(batch_size)
+        if not chosen:
+            return Decision("stop", "no energy left that adds information")
+        top = ranking["ranking"][0] if ranking.get("ranking") else {"name": "?", "probability": 0.0}
+        return Decision("measure", _why(chosen[0], top), list(chosen))
 
-    @bpp.stage_decorator(list(detectors) + [energy])
+    @bpp.stage_decorator(readables)
     @bpp.run_decorator(md=_md)
     def inner():
         if dwell_signal is not None:
             yield from bps.mv(dwell_signal, dwell_s)
-        for target in seed_set:
-            yield from measure(float(target))
-        fallback = False
+        yield from measure(seed_set)
+        n_ingested = 0
         while True:
-            ranking = yield from feed.wait_for_ranking(state["n_points"], ranking_timeout_s)
-            if ranking is None:
-                fallback = True
-                yield from record(
-                    "fallback",
-                    f"no ranking for point {state['n_points']} within {ranking_timeout_s} s: "
-                    "finishing with the conventional grid",
-                    None,
-                    [],
-                )
+            rankings = yield from feed.wait_for_rankings(n_taken, ranking_timeout_s)
+            if rankings is None:
+                why = f"no ranking for reading {n_taken} within {ranking_timeout_s} s: finishing with the conventional grid"
+                yield from record(Decision("fallback", why), None)
+                yield from measure(fallback)
                 break
-            agent.ingest([{"ranking": _agent_ranking(ranking)}])
-            engine = getattr(callback, "engine", None)
-            if engine is not None and hasattr(agent, "window"):
-                agent.window = tuple(float(w) for w in engine.window)
-            stop, why = agent.should_stop()
-            why = why or budget_spent()
-            chi2 = float(ranking.get("top_reduced_chi2", np.nan))
-            if why and chi2 > MISFIT_REDUCED_CHI2:
-                why += (f"; but the leading candidate fits poorly (chi^2 per reading {chi2:.1f}): "
-                        "the sample may be none of the candidates")
-            if stop or why:
-                yield from record("stop", why, ranking, [])
+            agent.ingest([outcome_from_ranking(r, r["n_events"]) for r in rankings[n_ingested:]])
+            n_ingested = len(rankings)
+            decision = decide(rankings[-1])
+            yield from record(decision, rankings[-1])
+            if decision.action == "stop":
                 break
-            chosen = agent.suggest(batch_size)
-            if not chosen:
-                yield from record("stop", "no energy left that adds information", ranking, [])
-                break
-            top = ranking["ranking"][0] if ranking.get("ranking") else {"name": "?", "probability": 0.0}
-            yield from record("measure", _why(chosen[0], top), ranking, chosen)
-            for point in chosen:
-                yield from measure(point["energy"])
-        if fallback:
-            conventional = make_grid(element, edge, None, e0=e0)
-            for target in conventional.energies:
-                if library.energies[0] - 20 <= target <= library.energies[-1] + 20:
-                    yield from measure(float(target))
+            yield from measure(c["energy"] for c in decision.chosen)
         if tail_grid is not None:
-            yield from record("tail", "conventional tail requested", None, [])
-            for target in tail_grid.energies:
-                yield from measure(float(target))
+            yield from record(Decision("tail", "conventional tail requested"), None)
+            yield from measure(tail_grid.energies)
 
-    return (yield from feed.subscribed(inner()))
+    return feed.subscribed(inner())
+
+
+def _budget_spent(n_taken: int, max_points: int, beam_time_s: float, max_beam_time_s: float | None) -> str | None:
+    if n_taken >= max_points:
+        return f"point budget of {max_points} spent"
+    if max_beam_time_s is not None and beam_time_s >= max_beam_time_s:
+        return f"beam-time budget of {max_beam_time_s:.0f} s spent"
+    return None
 
 
 def _why(choice: Mapping, top: Mapping) -> str:
@@ -380,31 +425,3 @@ def _agent_settings(agent) -> dict:
     """The agent's scalar settings, for the start document (JSON-ready)."""
     return {k: v for k, v in vars(agent).items()
             if not k.startswith("_") and isinstance(v, (bool, int, float, str)) and k not in ("offset_eV", "broadening_eV")}
-
-
-def _dwell_signal(detectors):
-    """The shared counting-time signal among the detectors (the endstation's ``dwell_time``)."""
-    return next((det for det in detectors if getattr(det, "name", None) == "dwell_time"), None)
-
-
-def _point_from_reading(reading: Mapping, energy_key: str, roles: Mapping, mode: str) -> dict:
-    from endstation.modes import mu_from_counts
-
-    def value(role):
-        key = roles.get(role)
-        return reading[key]["value"] if key in reading else None
-
-    mu, var, bad = mu_from_counts(mode, i0=value("i0"), it=value("it"), ir=value("ir"), if_=value("if"))
-    if bad[0]:
-        return {}
-    return {"energy": float(reading[energy_key]["value"]), "mu": float(mu[0]), "mu_sigma": float(np.sqrt(var[0]))}
-
-
-def _agent_ranking(ranking: Mapping) -> dict:
-    ranked = ranking.get("ranking", [])
-    return {
-        "names": [r["name"] for r in ranked],
-        "probabilities": [r["probability"] for r in ranked],
-        "offset_eV": ranking.get("offset_eV", 0.0),
-        "broadening_eV": ranking.get("broadening_eV", 0.0),
-    }

@@ -199,11 +199,12 @@ class EnergySelectionAgent:
 
     # -- bluesky-adaptive vocabulary -------------------------------------------------------------
     def ingest(self, points: Sequence[Mapping]) -> None:
-        """Take measured readings and, where present, the latest ranking.
+        """Take the outcomes of readings (:func:`plans.ranking_feed.outcome_from_ranking`).
 
-        Each mapping may hold ``energy``, ``mu`` and ``mu_sigma`` (a reading) and/or ``ranking``:
-        ``{"names": [...], "probabilities": [...], "offset_eV": float, "broadening_eV": float}``
-        as published by the ranking callback. Readings with a non-finite value are ignored.
+        Each mapping may hold ``energy``, ``mu`` and ``mu_sigma`` (a reading, mu as the ranking
+        callback formed it) and/or ``ranking``: ``{"names": [...], "probabilities": [...],
+        "offset_eV": float, "broadening_eV": float, "window_eV": [lo, hi]}``, the posterior
+        after that reading. Readings with a non-finite value are ignored.
         """
         for point in points:
             if "ranking" in point and point["ranking"] is not None:
@@ -352,6 +353,8 @@ class EnergySelectionAgent:
             self.probabilities = probabilities / probabilities.sum()
         self.offset_eV = float(ranking.get("offset_eV", self.offset_eV) or 0.0)
         self.broadening_eV = float(ranking.get("broadening_eV", self.broadening_eV) or 0.0)
+        if ranking.get("window_eV") is not None:
+            self.window = (float(ranking["window_eV"][0]), float(ranking["window_eV"][1]))
 
 
 class SpaceFillingAgent(EnergySelectionAgent):

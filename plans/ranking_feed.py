@@ -1,80 +1,65 @@
-"""Where the adaptive plan gets its rankings: in-process, or from a callback in another process.
+"""Where the adaptive plan gets its rankings: the ``xas-ranking`` documents a ranking callback
+publishes, in this process or in another one.
 
-Both feeds offer the same two plan-side generators:
+A ranking callback (:class:`xas_callbacks.callback.XASRankingCallback`) answers every usable
+reading of a run with one event of its linked analysis run (the reading's energy, mu and sigma,
+the posterior's leading candidates, offset, broadening...). :class:`RankingListener` follows those
+documents and keeps the rankings of the newest analysis run, one per reading. Both feeds are such
+listeners and offer the same two plan-side generators:
 
 ``subscribed(plan)``
     runs ``plan`` with whatever subscription the feed needs;
-``wait_for_ranking(n_points, timeout_s)``
-    returns the ranking (``RankingResult.as_dict()`` layout plus ``n_points``) that covers at
-    least ``n_points`` readings, or ``None`` if none arrives within ``timeout_s``.
+``wait_for_rankings(n_readings, timeout_s)``
+    returns the rankings of the run so far (one dict per reading, in order) once they cover at
+    least ``n_readings`` readings, or ``None`` if that does not happen within ``timeout_s``.
 
-:class:`InProcessRankingFeed` subscribes an :class:`~xas_callbacks.callback.XASRankingCallback`
-to the RunEngine for the duration of the plan. The RunEngine dispatches each event before
-``save`` returns, so the ranking is already there when the plan asks; nothing waits.
+:class:`InProcessRankingFeed` listens to a callback in this process, subscribed to the RunEngine
+for the plan's duration (or already subscribed, e.g. by the profile). The RunEngine dispatches each
+event before ``save`` returns, so the ranking is there when the plan asks; nothing waits.
 
 :class:`RemoteRankingFeed` listens on a 0MQ proxy (Bluesky's ``Publisher``/``RemoteDispatcher``)
-for the ``xas-ranking`` analysis run that a callback in another process (another host, a GPU
-node) publishes for this run, and the plan waits for it with ``bluesky.plan_stubs.wait_for`` and
-a timeout, so the RunEngine's event loop never blocks.
+for the analysis run a callback in another process (another host, a GPU node) publishes for this
+run; the plan waits with ``bluesky.plan_stubs.wait_for`` and a timeout, so the RunEngine's event
+loop never blocks.
+
+:func:`outcome_from_ranking` turns one ranking into the outcome the energy-selection agent
+ingests (bluesky-adaptive's ``ingest(points)``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from typing import Any, Protocol
 
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 from bluesky.run_engine import WaitForTimeoutError
 
-__all__ = ["RankingFeed", "InProcessRankingFeed", "RemoteRankingFeed", "ranking_from_event"]
+__all__ = [
+    "RankingFeed",
+    "RankingListener",
+    "InProcessRankingFeed",
+    "RemoteRankingFeed",
+    "ranking_from_event",
+    "outcome_from_ranking",
+]
 
 
 class RankingFeed(Protocol):
     def subscribed(self, plan: Generator) -> Generator: ...
 
-    def wait_for_ranking(self, n_points: int, timeout_s: float) -> Generator: ...
+    def wait_for_rankings(self, n_readings: int, timeout_s: float) -> Generator: ...
 
 
-class InProcessRankingFeed:
-    """Rankings from an :class:`XASRankingCallback` subscribed for the duration of the plan.
+def ranking_from_event(data: Mapping) -> dict:
+    """The ranking dict of one event of an ``xas-ranking`` run's ``ranking`` stream.
 
-    Parameters
-    ----------
-    callback : XASRankingCallback
-        The ranking callback. If it is already subscribed to the RunEngine (e.g. by the
-        profile, so that its ranking documents are stored), pass ``subscribe=False``.
-    subscribe : bool
-        Subscribe ``callback`` around the plan.
-    """
-
-    def __init__(self, callback, *, subscribe: bool = True):
-        self.callback = callback
-        self.subscribe = subscribe
-
-    def subscribed(self, plan: Generator) -> Generator:
-        if self.subscribe:
-            return (yield from bpp.subs_wrapper(plan, self.callback))
-        return (yield from plan)
-
-    def wait_for_ranking(self, n_points: int, timeout_s: float) -> Generator:
-        yield from bps.null()
-        result = self.callback.latest_ranking
-        if result is None:
-            return None
-        ranking = result.as_dict(k=len(result.names))
-        ranking["entropy"] = float(result.entropy)
-        ranking["n_points"] = int(result.n_points)
-        return ranking
-
-
-def ranking_from_event(data: dict) -> dict:
-    """The ranking dict from the data of one event of an ``xas-ranking`` run's ``ranking`` stream.
-
-    ``raw_seq_num`` (the raw event the ranking has seen up to) says which reading it answers;
-    rankings from callbacks that do not record it are taken as covering ``n_points`` readings.
+    Keys: ``ranking`` (list of ``name``, ``probability``, ``log_evidence``), ``offset_eV``,
+    ``broadening_eV``, ``entropy``, ``top_reduced_chi2``, ``n_points`` (readings the posterior
+    used), ``n_events`` (the raw event it answers, ``raw_seq_num``) and the reading itself:
+    ``energy``, ``mu``, ``mu_sigma``.
     """
     names = [str(n) for n in data["top_names"]]
     probabilities = [float(p) for p in data["top_probabilities"]]
@@ -84,15 +69,127 @@ def ranking_from_event(data: dict) -> dict:
         for n, p, e in zip(names, probabilities, log_evidence)
         if n and p == p
     ]
+    nan = float("nan")
     return {
         "ranking": ranked,
         "offset_eV": float(data.get("offset", 0.0)),
         "broadening_eV": float(data.get("broadening", 0.0)),
-        "entropy": float(data.get("entropy", float("nan"))),
-        "top_reduced_chi2": float(data.get("top_reduced_chi2", float("nan"))),
+        "entropy": float(data.get("entropy", nan)),
+        "top_reduced_chi2": float(data.get("top_reduced_chi2", nan)),
         "n_points": int(data.get("n_points", 0)),
         "n_events": int(data.get("raw_seq_num", data.get("n_points", 0))),
+        "energy": float(data.get("energy", nan)),
+        "mu": float(data.get("mu", nan)),
+        "mu_sigma": float(data.get("mu_sigma", nan)),
     }
+
+
+def outcome_from_ranking(ranking: Mapping, _id: Any = None) -> dict:
+    """The outcome of one reading for the agent's ``ingest``: the reading and the posterior after it.
+
+    ``{"_id", "energy", "mu", "mu_sigma", "ranking": {"names", "probabilities", "offset_eV",
+    "broadening_eV", "window_eV"}}``.
+    """
+    ranked = ranking.get("ranking", [])
+    return {
+        "_id": _id,
+        "energy": ranking["energy"],
+        "mu": ranking["mu"],
+        "mu_sigma": ranking["mu_sigma"],
+        "ranking": {
+            "names": [r["name"] for r in ranked],
+            "probabilities": [r["probability"] for r in ranked],
+            "offset_eV": ranking.get("offset_eV", 0.0),
+            "broadening_eV": ranking.get("broadening_eV", 0.0),
+            "window_eV": ranking.get("window_eV"),
+        },
+    }
+
+
+class RankingListener:
+    """Follows ``xas-ranking`` analysis runs in a document stream; keeps the newest run's rankings.
+
+    Call it with every document (a subscriber). When it also sees the raw runs (a 0MQ proxy
+    carries both), it follows only the analysis run of the newest raw XAS run.
+
+    Attributes
+    ----------
+    rankings : list of dict
+        :func:`ranking_from_event` of each ranking event of the newest analysis run, each with
+        the run's ``window_eV`` (the measured energies the ranking can use).
+    """
+
+    def __init__(self) -> None:
+        self.raw_uid: str | None = None
+        self.run_uid: str | None = None
+        self.window_eV: list[float] | None = None
+        self.rankings: list[dict] = []
+        self._descriptor: str | None = None
+
+    @property
+    def covered(self) -> int:
+        """The raw readings the rankings answer so far (the last one's ``raw_seq_num``)."""
+        return self.rankings[-1]["n_events"] if self.rankings else 0
+
+    def __call__(self, name: str, doc: dict) -> list[dict]:
+        """Take one document; returns the rankings it added (none for most documents)."""
+        if name == "start":
+            if doc.get("purpose") == "xas-ranking":
+                if self.raw_uid is None or doc.get("parent_uid") == self.raw_uid:
+                    self.run_uid = doc["uid"]
+                    self.window_eV = (doc.get("ranking_config") or {}).get("window_eV")
+                    self.rankings = []
+                    self._descriptor = None
+            elif "xas" in doc:
+                self.raw_uid = doc["uid"]
+                self.run_uid, self.rankings, self._descriptor = None, [], None
+        elif name == "descriptor":
+            if doc.get("run_start") == self.run_uid and doc.get("name") == "ranking":
+                self._descriptor = doc["uid"]
+        elif self._descriptor is None or doc.get("descriptor") != self._descriptor:
+            return []
+        elif name == "event":
+            return self._take([doc["data"]])
+        elif name == "event_page":
+            data = doc["data"]
+            return self._take([{k: data[k][i] for k in data} for i in range(len(doc["seq_num"]))])
+        return []
+
+    def _take(self, events: list[Mapping]) -> list[dict]:
+        added = [{**ranking_from_event(data), "window_eV": self.window_eV} for data in events]
+        self.rankings.extend(added)
+        return added
+
+
+class InProcessRankingFeed:
+    """Rankings from an :class:`XASRankingCallback` in this process.
+
+    Parameters
+    ----------
+    callback : XASRankingCallback
+        The ranking callback. If it is already subscribed to the RunEngine (e.g. by the
+        profile, so that its ranking documents are stored), pass ``subscribe=False``.
+    subscribe : bool
+        Subscribe ``callback`` to the RunEngine around the plan.
+    """
+
+    def __init__(self, callback, *, subscribe: bool = True):
+        self.callback = callback
+        self.subscribe = subscribe
+        self.listener = RankingListener()
+
+    def subscribed(self, plan: Generator) -> Generator:
+        token = self.callback.subscribe(self.listener)
+        try:
+            if self.subscribe:
+                return (yield from bpp.subs_wrapper(plan, self.callback))
+            return (yield from plan)
+        finally:
+            self.callback.unsubscribe(token)
+
+    def wait_for_rankings(self, n_readings: int, timeout_s: float) -> Generator:
+        yield from bps.null()
+        return list(self.listener.rankings) or None
 
 
 class RemoteRankingFeed:
@@ -116,12 +213,9 @@ class RemoteRankingFeed:
         from xas_callbacks.remote import json_deserializer
 
         self.address = address
+        self.listener = RankingListener()
         self._dispatcher = RemoteDispatcher(address, prefix=prefix, deserializer=json_deserializer)
         self._lock = threading.Lock()
-        self._raw_uid: str | None = None
-        self._analysis_uids: set[str] = set()
-        self._descriptors: set[str] = set()
-        self._latest: dict | None = None
         self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future]] = []
         self._dispatcher.subscribe(self._on_document)
         self._thread = threading.Thread(target=self._listen, name="xas-ranking-feed", daemon=True)
@@ -143,15 +237,15 @@ class RemoteRankingFeed:
     def subscribed(self, plan: Generator) -> Generator:
         return (yield from plan)
 
-    def wait_for_ranking(self, n_points: int, timeout_s: float) -> Generator:
+    def wait_for_rankings(self, n_readings: int, timeout_s: float) -> Generator:
         def future_factory():
             loop = asyncio.get_running_loop()
             future = loop.create_future()
             with self._lock:
-                if self._latest is not None and self._latest["n_events"] >= n_points:
-                    future.set_result(self._latest)
+                if self.listener.covered >= n_readings:
+                    future.set_result(list(self.listener.rankings))
                 else:
-                    self._waiters.append((n_points, loop, future))
+                    self._waiters.append((n_readings, loop, future))
             return future
 
         try:
@@ -163,32 +257,16 @@ class RemoteRankingFeed:
     # -- on the dispatcher's thread ------------------------------------------------------------
     def _on_document(self, name: str, doc: dict) -> None:
         with self._lock:
-            if name == "start":
-                if doc.get("purpose") == "xas-ranking":
-                    if doc.get("parent_uid") == self._raw_uid:
-                        self._analysis_uids.add(doc["uid"])
-                elif "xas" in doc:
-                    self._raw_uid = doc["uid"]
-                    self._latest = None
-            elif name == "descriptor" and doc.get("run_start") in self._analysis_uids:
-                if doc.get("name") == "ranking":
-                    self._descriptors.add(doc["uid"])
-            elif name == "event" and doc.get("descriptor") in self._descriptors:
-                self._publish(ranking_from_event(doc["data"]))
-            elif name == "event_page" and doc.get("descriptor") in self._descriptors:
-                keys = list(doc["data"])
-                for i in range(len(doc["seq_num"])):
-                    self._publish(ranking_from_event({k: doc["data"][k][i] for k in keys}))
-
-    def _publish(self, ranking: dict) -> None:
-        self._latest = ranking
-        still_waiting = []
-        for n_points, loop, future in self._waiters:
-            if ranking["n_events"] >= n_points:
-                loop.call_soon_threadsafe(_set_if_pending, future, ranking)
-            else:
-                still_waiting.append((n_points, loop, future))
-        self._waiters = still_waiting
+            if not self.listener(name, doc):
+                return
+            covered, rankings = self.listener.covered, list(self.listener.rankings)
+            still_waiting = []
+            for n_readings, loop, future in self._waiters:
+                if covered >= n_readings:
+                    loop.call_soon_threadsafe(_set_if_pending, future, rankings)
+                else:
+                    still_waiting.append((n_readings, loop, future))
+            self._waiters = still_waiting
 
 
 def _set_if_pending(future: asyncio.Future, value: Any) -> None:

@@ -17,72 +17,11 @@ from bluesky.utils import Msg
 
 from endstation.modes import MODE_ROLES, ROLES, SCAN_MODES
 
+from .checks import check_limits, checked_plan, data_keys, detector_roles, find_dwell
 from .grids import EnergyGrid, make_grid
+from .metadata import merge_md
 
-__all__ = ["xafs_scan", "check_limits", "detector_roles"]
-
-
-def check_limits(energy: Any, energies: Sequence[float], plan_name: str = "xafs_scan") -> None:
-    """Raise ``ValueError`` naming the first energy outside ``energy.limits`` (and ``plan_name``).
-
-    Positioners whose limits are ``(0, 0)`` or equal (ophyd's "no limits") are not checked.
-    """
-    limits = getattr(energy, "limits", None)
-    if not limits:
-        return
-    low, high = float(limits[0]), float(limits[1])
-    if not low < high:
-        return
-    for value in energies:
-        if not (low <= float(value) <= high):
-            raise ValueError(
-                f"{plan_name}: energy {float(value):.3f} eV is outside the limits of "
-                f"{getattr(energy, 'name', energy)!r} [{low:g}, {high:g}] eV; nothing was moved"
-            )
-
-
-def _data_keys(obj: Any) -> list[str]:
-    hints = getattr(obj, "hints", None) or {}
-    fields = list(hints.get("fields", []))
-    name = getattr(obj, "name", None)
-    return fields + ([name] if name else [])
-
-
-def detector_roles(detectors: Sequence[Any], roles: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Role -> data key map of ``detectors`` (``xas.detectors`` of the start document).
-
-    With ``roles`` given, every data key it names must belong to one of ``detectors``;
-    otherwise the :data:`ROLES` whose data keys are present are used.
-    """
-    present = {key for det in detectors for key in _data_keys(det)}
-    if roles is not None:
-        unknown = sorted(set(roles) - set(ROLES))
-        if unknown:
-            raise ValueError(f"xafs_scan: unknown detector roles {unknown}; roles are {sorted(ROLES)}")
-        missing = {role: key for role, key in roles.items() if key not in present}
-        if missing:
-            raise ValueError(
-                f"xafs_scan: roles {missing} name data keys that none of the detectors provides "
-                f"(have {sorted(present)})"
-            )
-        return dict(roles)
-    return {role: key for role, key in ROLES.items() if key in present}
-
-
-def _find_dwell(detectors: Sequence[Any], dwell_time: Movable | None) -> Any:
-    if dwell_time is not None:
-        return dwell_time
-    for det in detectors:
-        if getattr(det, "name", None) == "dwell_time":
-            return det
-    for det in detectors:
-        candidate = getattr(det, "dwell_time", None)
-        if candidate is not None and hasattr(candidate, "set"):
-            return candidate
-    raise ValueError(
-        "xafs_scan: no dwell-time signal found among the detectors (named 'dwell_time' or a "
-        "'dwell_time' attribute); pass dwell_time=<settable signal>"
-    )
+__all__ = ["xafs_scan"]
 
 
 def _mono_md(energy: Any) -> dict[str, Any]:
@@ -99,23 +38,7 @@ def _mono_md(energy: Any) -> dict[str, Any]:
     return mono
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``base`` updated by ``extra``; the ``XDI`` and ``xas`` blocks are merged by family/key."""
-    out = dict(base)
-    for key, value in (extra or {}).items():
-        if key in ("XDI", "xas") and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            block = dict(out[key])
-            for sub, subvalue in value.items():
-                if isinstance(subvalue, Mapping) and isinstance(block.get(sub), Mapping):
-                    block[sub] = {**block[sub], **subvalue}
-                else:
-                    block[sub] = subvalue
-            out[key] = block
-        else:
-            out[key] = value
-    return out
-
-
+@checked_plan
 def xafs_scan(
     detectors: Sequence[Readable],
     energy: Movable,
@@ -191,8 +114,8 @@ def xafs_scan(
             f"xafs_scan: mode {mode!r} needs detector roles {list(needed)}; missing {lacking} "
             f"(found {role_map}); pass roles={{...}}"
         )
-    dwell = _find_dwell(detectors, dwell_time)
-    energy_field = _data_keys(energy)[0]
+    dwell = find_dwell(detectors, dwell_time)
+    energy_field = data_keys(energy)[0]
     readables = list(detectors)
     if dwell not in readables:
         readables.append(dwell)
@@ -241,7 +164,7 @@ def xafs_scan(
         "xas": xas_md,
         "hints": {"dimensions": [([energy_field], "primary")]},
     }
-    _md = _merge(_md, md)
+    _md = merge_md(_md, md)
 
     @bpp.stage_decorator(readables)
     @bpp.run_decorator(md=_md)

@@ -1,4 +1,5 @@
-"""adaptive_xas_plan with a real RunEngine on the simulated endstation, candidates from FEFF spectra."""
+"""adaptive_xas_plan with a real RunEngine on the simulated endstation; synthetic candidates
+(``tests/synthetic.py``), so these run without the shared data."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from endstation.sample import SimulatedSample
 from plans.adaptive import adaptive_xas_plan, seed_energies
 from plans.grids import make_grid
 from plans.ranking_feed import RemoteRankingFeed
+from xas_callbacks.candidates import CandidateLibrary
 
 
 @pytest.fixture(scope="module")
-def library(distinct_cu_library):
-    return distinct_cu_library
+def library(synthetic_library):
+    return synthetic_library
 
 
 def _endstation(library, true_index, *, seed=3, offset=1.0):
@@ -45,7 +47,7 @@ def _stream(docs, stream):
     return [d for n, d in docs if n == "event" and d["descriptor"] in descriptors]
 
 
-@pytest.mark.parametrize("true_index", [2, 7])
+@pytest.mark.parametrize("true_index", [2, 6])
 def test_identifies_the_sample_with_fewer_points_than_a_conventional_scan(library, true_index):
     es = _endstation(library, true_index)
     RE, docs = _run(
@@ -222,8 +224,12 @@ def test_a_beam_dump_suspends_the_plan_which_resumes_without_repeating_a_decisio
             threading.Timer(0.5, restore).start()
 
     RE.subscribe(beam_dump)
-    RE(adaptive_xas_plan(es.detectors, es.energy, element="Cu", edge="K", candidates=library, dwell_s=0.2,
-                         seed={"coarse_points": 3}, confidence=0.999999, max_points=n_seed + 6))
+    # The sample has a twin among the candidates: the plan cannot stop on confidence, only on its budget.
+    twins = CandidateLibrary.from_spectra(library.names + ["syn-4-twin"], library.energies,
+                                          np.vstack([library.mean, library.mean[4]]), default_std=0.01,
+                                          provenance={"element": "Cu", "edge": "K"})
+    RE(adaptive_xas_plan(es.detectors, es.energy, element="Cu", edge="K", candidates=twins, dwell_s=0.2,
+                         seed={"coarse_points": 3}, max_points=n_seed + 6))
     assert dumped["done"] and dumped["restored_at"] is not None
     assert docs[-1][1]["exit_status"] == "success"
     # Nothing was measured while the beam was down.
@@ -252,3 +258,84 @@ def test_arguments_the_queue_server_sends_as_json_drive_the_plan(library, tmp_pa
     assert start["xas"]["policy"]["agent_settings"]["min_separation_eV"] == 3.0
     actions = [d["data"]["decision_action"] for d in _stream(docs, "decision")]
     assert actions[-1] == "tail" and docs[-1][1]["exit_status"] == "success"
+
+
+def test_user_metadata_is_merged_into_the_plans_own_never_replacing_it(library):
+    es = _endstation(library, 3)
+    _, docs = _run(adaptive_xas_plan(
+        es.detectors, es.energy, element="Cu", edge="K", candidates=library, dwell_s=0.1, max_points=12,
+        md={"xas": {"sample_note": "pressed pellet"}, "XDI": {"Sample": {"name": "unknown powder"}}}))
+    start = docs[0][1]
+    assert start["xas"]["sample_note"] == "pressed pellet"
+    assert start["xas"]["detectors"] == {"i0": "I0", "it": "It", "ir": "Ir", "if": "If"}
+    assert start["XDI"]["Sample"]["name"] == "unknown powder"
+    assert start["XDI"]["Element"] == {"symbol": "Cu", "edge": "K"}
+    actions = [d["data"]["decision_action"] for d in _stream(docs, "decision")]
+    assert "fallback" not in actions and actions[-1] == "stop"  # the ranking found its detectors
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"element": "Fe"}, "not Fe"),
+    ({"edge": "L3"}, "not L3-edge"),
+    ({"mode": "xes"}, "mode must be one of"),
+    ({"candidates": "missing/folder"}, "does not exist"),
+])
+def test_a_plan_that_cannot_work_is_refused_before_anything_moves(library, kwargs, message):
+    es = _endstation(library, 0)
+    before = es.energy.position
+    args = {"element": "Cu", "edge": "K", "candidates": library, **kwargs}
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        adaptive_xas_plan(es.detectors, es.energy, **args)
+    assert es.energy.position == before
+
+
+def test_a_model_for_another_edge_is_refused_before_the_candidates_are_predicted(library, tmp_path):
+    es = _endstation(library, 0)
+    (tmp_path / "water.xyz").write_text("3\nwater\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n")
+    with pytest.raises(ValueError, match="model 'o-k' predicts the O K-edge, not the Cu K-edge"):
+        adaptive_xas_plan(es.detectors, es.energy, element="Cu", edge="K", candidates=str(tmp_path), model="o-k")
+
+
+def test_a_fallback_grid_outside_the_limits_is_refused_before_anything_moves(library):
+    sample = SimulatedSample.from_spectrum(library.energies, library.mean[0], element="Cu", edge="K")
+    # The seed fits in these limits, the conventional grid the plan falls back to does not.
+    es = make_endstation(sample, time_scale=0.0, limits=(8965.0, 9095.0))
+    with pytest.raises(ValueError, match="outside the limits"):
+        adaptive_xas_plan(es.detectors, es.energy, element="Cu", edge="K", candidates=library,
+                          seed={"pre_edge": [], "post_edge": []})
+
+
+def test_per_step_hook_takes_every_reading(library):
+    from bluesky import plan_stubs as bps
+
+    seen = []
+
+    def per_step(detectors, step, pos_cache):
+        seen.append(list(step.values())[0])
+        yield from bps.one_nd_step(detectors, step, pos_cache)
+
+    es = _endstation(library, 5)
+    _, docs = _run(adaptive_xas_plan(es.detectors, es.energy, element="Cu", edge="K", candidates=library,
+                                     dwell_s=0.1, max_points=12, per_step=per_step))
+    measured = [d["data"]["energy"] for d in _stream(docs, "primary")]
+    assert seen == pytest.approx(measured, abs=1e-6) and len(seen) >= 6
+
+
+def test_the_decision_stream_reads_back_as_numbers_and_strings(library, catalog):
+    es = _endstation(library, 2)
+    RE = RunEngine({})
+    RE.subscribe(catalog)
+    (uid,) = RE(adaptive_xas_plan(es.detectors, es.energy, element="Cu", edge="K", candidates=library,
+                                  dwell_s=0.1, max_points=12, confidence=0.999999))
+    assert catalog.failures == []
+    stream = catalog[uid]["decision"]
+    names = stream["decision_ranking_names"].read()
+    probabilities = stream["decision_ranking_probabilities"].read()
+    energies = stream["decision_next_energies"].read()
+    assert names.dtype.kind == "U" and names.shape[1] == 10
+    assert names[-1][0] == library.names[2]
+    assert probabilities.dtype.kind == "f" and probabilities[-1][0] > 0.9
+    actions = list(stream["decision_action"].read())
+    assert actions[-1] == "stop" and "measure" in actions
+    assert energies.dtype.kind == "f"
+    assert all(np.isfinite(e[0]) == (a == "measure") for e, a in zip(energies, actions))

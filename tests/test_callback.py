@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 
 import numpy as np
@@ -18,17 +19,15 @@ from xas_callbacks.callback import XASRankingCallback
 from xas_callbacks.candidates import CandidateLibrary
 from xas_callbacks.ranking import RankingConfig
 
-N_CANDIDATES = 40
-TRUE_INDEX = 7
+TRUE_INDEX = 5
 SHIFT = 1.5  # measured E corresponds to model E + SHIFT
 E0 = 8979.0
 
 
 @pytest.fixture(scope="module")
-def feff_library(cu_k_dir):
-    ids = sorted(p.name for p in cu_k_dir.iterdir() if (p / "FEFF-XANES").is_dir())[:N_CANDIDATES]
-    return CandidateLibrary.from_feff(cu_k_dir, ids=ids, weights="equal", default_std=0.01,
-                                      cache=False)
+def feff_library(synthetic_library):
+    # Synthetic candidates (tests/synthetic.py): these tests run without the shared data.
+    return synthetic_library
 
 
 CFG = RankingConfig(offset_min=-5, offset_max=5, offset_prior_sd=3.0,
@@ -82,8 +81,9 @@ def _validate(name, doc):
 
 
 def _strip(doc):
+    """The document without its uids, as JSON text (so that NaN equals NaN)."""
     out = {k: v for k, v in doc.items() if k not in ("uid", "run_start", "descriptor", "parent_uid")}
-    return out
+    return json.dumps(out, sort_keys=True)
 
 
 def test_scan_ranks_true_candidate_first_and_emits_valid_documents(feff_library):
@@ -108,10 +108,16 @@ def test_scan_ranks_true_candidate_first_and_emits_valid_documents(feff_library)
     events = [d for n, d in emitted if n == "event"]
     assert len(events) == len(cb.history)
     counts = cb.summary["counts"]
-    assert len(events) == counts["points"] - counts.get("outside_model_range", 0)
+    # one ranking event answers each usable reading, with the reading's energy and mu
+    assert len(events) == counts["points"]
+    raw_events = [d for n, d in raw if n == "event"]
+    assert [e["data"]["energy"] for e in events] == [e["data"]["energy"] for e in raw_events]
+    assert [e["data"]["raw_seq_num"] for e in events] == [e["seq_num"] for e in raw_events]
+    first = raw_events[0]["data"]
+    assert events[0]["data"]["mu"] == pytest.approx(np.log(first["I0"] / first["It"]))
     last = events[-1]["data"]
     assert last["top_names"][0] == feff_library.names[TRUE_INDEX]
-    assert len(last["top_names"]) == cb.top_k
+    assert len(last["top_names"]) == cb.last_run.top_k == min(cb.top_k, len(feff_library))
     assert last["n_points"] == res.n_points
     assert emitted[-1][1]["exit_status"] == "success"
     assert cb.summary["counts"].get("callback_errors", 0) == 0
@@ -316,15 +322,16 @@ def test_endstation_xafs_scan_ranks_sample_first(feff_library):
 
 
 def test_tiled_writer_stores_ranking_run_beside_raw_run(feff_library, tmp_path):
-    """A RunEngine-subscribed TiledWriter (default settings, SQLite tables) stores the raw run
-    and the linked ranking run; the stored ranking equals the callback's."""
+    """A RunEngine-subscribed TiledWriter (default settings; DuckDB tables like the local catalog,
+    PostgreSQL at a facility: SQLite cannot hold the list columns of small arrays) stores the raw
+    run and the linked ranking run; the stored ranking equals the callback's."""
     catalog_mod = pytest.importorskip("tiled.catalog")
     from tiled.client import Context, from_context
     from tiled.server.app import build_app
 
     tw_mod = pytest.importorskip("bluesky_tiled_plugins")
     catalog = catalog_mod.from_uri(f"sqlite:///{tmp_path}/cat.db", init_if_not_exists=True,
-                                   writable_storage=[str(tmp_path / "data"), f"sqlite:///{tmp_path}/tab.db"])
+                                   writable_storage=[str(tmp_path / "data"), f"duckdb:///{tmp_path}/tab.duckdb"])
     client = from_context(Context.from_app(build_app(catalog)))
     tw = tw_mod.TiledWriter(client)
     cb = XASRankingCallback(feff_library, emit=tw, config=CFG)
@@ -341,9 +348,10 @@ def test_tiled_writer_stores_ranking_run_beside_raw_run(feff_library, tmp_path):
     stream = run["ranking"]
     names = stream["top_names"].read()
     probs = stream["top_probabilities"].read()
-    assert names.shape == (len(cb.history), cb.top_k)
-    assert list(names[-1]) == cb.latest_ranking.names[: cb.top_k]
-    np.testing.assert_array_equal(probs[-1], cb.latest_ranking.probabilities[: cb.top_k])
+    k = cb.last_run.top_k
+    assert names.shape == (len(cb.history), k)
+    assert list(names[-1]) == cb.latest_ranking.names[:k]
+    np.testing.assert_array_equal(probs[-1], cb.latest_ranking.probabilities[:k])
     assert run.metadata["stop"]["exit_status"] == "success"
 
 
@@ -393,3 +401,52 @@ def test_library_built_from_start_document_through_predictor(cu_k_dir, tmp_path,
     assert "no-copper" in start["failures"]
     assert set(cb.latest_ranking.names) == {"mp-1692", "mp-361", "mp-23733"}
     assert cb.latest_ranking.names[0] == "mp-1692"
+
+
+def test_two_callbacks_given_the_same_library_each_count_every_reading_once(feff_library):
+    """Each callback owns its run's state; only the immutable candidate tables are shared (this
+    is what enable_ranking(lib) plus adaptive_xas_plan(candidates=lib) subscribe)."""
+    first, second = XASRankingCallback(feff_library, config=CFG), XASRankingCallback(feff_library, config=CFG)
+    RE = RunEngine({})
+    RE.subscribe(second)
+    raw = _run_scan(feff_library, first, seed=5)  # first is subscribed by _run_scan's own RunEngine
+    n_readings = sum(1 for n, _ in raw if n == "event")
+    _replay(raw, second)
+    for cb in (first, second):
+        assert cb.last_run.engine.n_points + cb.last_run.engine.n_outside == n_readings
+        assert cb.summary["counts"]["points"] == n_readings
+    assert first.last_run.engine.tables is second.last_run.engine.tables
+    assert first.latest_ranking.names == second.latest_ranking.names
+    np.testing.assert_array_equal(first.latest_ranking.probabilities, second.latest_ranking.probabilities)
+
+
+def test_two_callbacks_on_one_run_engine_rank_the_same_scan_alike(feff_library):
+    a, b = XASRankingCallback(feff_library, config=CFG), XASRankingCallback(feff_library, config=CFG)
+    RE = RunEngine({})
+    RE.subscribe(a)
+    RE.subscribe(b)
+    energy, I0, It = _sim_devices(feff_library, 6)
+    grid = list(_energy_grid(feff_library))[::4]
+    RE(list_scan([I0, It], energy, grid), xas=_xas_md())
+    for cb in (a, b):
+        assert cb.summary["counts"]["points"] == len(grid)
+        engine = cb.last_run.engine
+        assert engine.n_points + engine.n_outside == len(grid)  # a shared engine counted each twice
+    np.testing.assert_array_equal(a.latest_ranking.probabilities, b.latest_ranking.probabilities)
+
+
+def test_each_run_starts_afresh(feff_library):
+    cb = XASRankingCallback(feff_library, config=CFG)
+    first = _run_scan(feff_library, cb, seed=1, true_index=2)
+    assert cb.latest_ranking.names[0] == feff_library.names[2]
+    _run_scan(feff_library, cb, seed=2, true_index=6)
+    n_readings = sum(1 for n, _ in first if n == "event")
+    assert cb.summary["counts"]["points"] == n_readings
+    assert cb.latest_ranking.names[0] == feff_library.names[6]
+    assert len(cb.runs) == 2 and cb.counts["points"] == 2 * n_readings
+
+
+def test_provenance_is_available_before_any_run(feff_library):
+    assert set(XASRankingCallback(None).provenance()) == {"software_version"}
+    prov = XASRankingCallback(feff_library).provenance()
+    assert prov["candidates_sha256"] == feff_library.provenance["candidates_sha256"]

@@ -141,3 +141,20 @@ def test_replay_reads_the_events_after_databroker_switched_clients_to_the_v2_vie
     Broker(catalog.client)[uid].table()
     fresh = open_catalog(directory=catalog.server.directory)
     assert normalize_documents(replay(uid, [], catalog=fresh)) == normalize_documents(live)
+
+
+def test_a_second_local_catalog_in_one_process_leaves_the_first_working(tmp_path):
+    from ophyd.sim import det, motor
+
+    from bluesky.plans import count
+
+    first = open_catalog(directory=tmp_path / "first")
+    second = open_catalog(directory=tmp_path / "second")
+    for catalog in (first, second):
+        RE = RunEngine({})
+        RE.subscribe(catalog)
+        (uid,) = RE(count([det, motor]))
+        assert catalog.failures == [], catalog.failures
+        assert catalog[uid].metadata["stop"]["exit_status"] == "success"
+    reopened = open_catalog(directory=tmp_path / "first")  # a new client of the first server
+    assert len(reopened) == 1

@@ -20,15 +20,18 @@ def test_startup_files_are_numbered_in_order():
     assert names == ["00-base.py", "10-endstation.py", "20-models.py", "30-plans.py", "40-callbacks.py"]
 
 
-@pytest.fixture(scope="module")
-def profile(xdi_library, tmp_path_factory):
-    from endstation.catalog import open_catalog
+SAMPLE = 3  # the synthetic candidate the simulated sample is
 
+
+@pytest.fixture(scope="module")
+def profile(synthetic_library, catalog, tmp_path_factory):
+    from synthetic import write_sample_xdi
+
+    sample = write_sample_xdi(tmp_path_factory.mktemp("sample") / "sample.xdi", synthetic_library.mean[SAMPLE])
     mp = pytest.MonkeyPatch()
     mp.setenv("XAS_TIME_SCALE", "0")
     mp.setenv("XAS_PLOTS", "0")
-    mp.setenv("XAS_SAMPLE_XDI", str(xdi_library / "Cu" / "CuO_tenorite_13K_01.xdi"))
-    catalog = open_catalog(directory=tmp_path_factory.getbasetemp() / "xas-catalog")
+    mp.setenv("XAS_SAMPLE_XDI", str(sample))
     try:
         yield _loader().load_profile({"catalog": catalog})
     finally:
@@ -52,7 +55,7 @@ def test_profile_scan_is_stored_with_endstation_metadata(profile):
     assert start["plan_name"] == "xafs_scan"
     assert start["XDI"]["Mono"]["name"] == "Si(111)"
     assert start["XDI"]["Sample"]["name"] == "CuO in the profile"
-    assert start["XDI"]["Sample"]["formula"] == "CuO"  # from the XDI file that defines the sample
+    assert start["XDI"]["Element"] == {"symbol": "Cu", "edge": "K"}
     assert start["beamline_id"] == "sim-xas"
     assert catalog[uid].metadata["stop"]["exit_status"] == "success"
 
@@ -66,18 +69,41 @@ def test_ranking_hook_is_guarded(profile):
         assert profile["ranking_callback"] is None  # nothing subscribed until asked
 
 
-def test_adaptive_plan_in_the_profile_stores_the_run_and_its_ranking(profile, distinct_cu_library):
+def test_adaptive_plan_in_the_profile_stores_the_run_and_its_ranking(profile, synthetic_library):
     RE, catalog = profile["RE"], profile["catalog"]
-    (uid,) = RE(profile["adaptive"](distinct_cu_library, "Cu", "K", dwell_s=0.1, max_points=16,
+    (uid,) = RE(profile["adaptive"](synthetic_library, "Cu", "K", dwell_s=0.1, max_points=16,
                                     md={"XDI": {"Sample": {"name": "unknown powder"}}}))
     run = catalog[uid]
     start = run.metadata["start"]
     assert start["plan_name"] == "adaptive_xas_plan"
     assert start["XDI"]["Mono"]["name"] == "Si(111)" and start["XDI"]["Sample"]["name"] == "unknown powder"
-    assert start["xas"]["candidates"]["names"] == list(distinct_cu_library.names)
+    assert start["xas"]["candidates"]["names"] == list(synthetic_library.names)
+    assert start["xas"]["detectors"]["it"] == "It" and start["XDI"]["Element"]["symbol"] == "Cu"
     assert "decision" in run and run.metadata["stop"]["exit_status"] == "success"
     # The ranking run the callback made for this run is stored beside it, linked by uid.
     client = catalog.client
     linked = [k for k in list(client)[-5:] if client[k].metadata["start"].get("parent_uid") == uid]
     assert len(linked) == 1
     assert client[linked[0]].metadata["start"]["purpose"] == "xas-ranking"
+    ranking = client[linked[0]]["ranking"]
+    assert list(ranking["top_names"].read()[-1])[0] == synthetic_library.names[SAMPLE]
+
+
+@pytest.mark.parametrize("how", ["start documents", "a saved library path"])
+def test_adaptive_ranks_through_the_subscribed_callback(profile, synthetic_library, tmp_path, how):
+    RE, catalog = profile["RE"], profile["catalog"]
+    if how == "start documents":
+        candidates = synthetic_library.save(tmp_path / "candidates.npz")
+        callback = profile["enable_ranking"]()  # no candidates: each run's start document names them
+    else:
+        candidates = synthetic_library.save(tmp_path / "candidates.npz")
+        callback = profile["enable_ranking"](str(candidates))
+    try:
+        (uid,) = RE(profile["adaptive"](str(candidates), "Cu", "K", dwell_s=0.1, max_points=14))
+    finally:
+        profile["disable_ranking"]()
+    assert callback.last_run.run_start["uid"] == uid
+    assert callback.latest_ranking.names[0] == synthetic_library.names[SAMPLE]
+    linked = [k for k in list(catalog.client)[-5:] if catalog.client[k].metadata["start"].get("parent_uid") == uid]
+    assert len(linked) == 1  # the subscribed callback's ranking run, no second one
+

@@ -1,17 +1,25 @@
 """``XASRankingCallback``: live ranking of candidate structures during an XAS scan.
 
-An :class:`event_model.DocumentRouter`, subscribed to a RunEngine (or fed stored documents).
-For runs whose start document carries the ``xas`` block (see docs/architecture.md) it forms
-mu(E) per point from the detector roles and the mode, normalises it, updates the posterior over
-candidates with each new point and publishes the ranking as a linked analysis run through
-``emit(name, doc)``: start document with ``purpose="xas-ranking"``, ``parent_uid`` and
-provenance; stream ``ranking`` with one event per update (top-k names, probabilities and
-log-evidences, offset and its sd, broadening, entropy, ``n_points`` used and the ``raw_seq_num``
-of the raw event the update answers).
+The callback is an :class:`event_model.RunRouter`. For each run whose start document carries the
+``xas`` block (see docs/architecture.md) its factory makes a :class:`RankingRun`: a
+:class:`event_model.DocumentRouter` that owns everything of that one run (its points, its
+normalisation, its ranking engine, the analysis run it publishes) and is dropped with the run.
+Only immutable precomputations are shared between runs and callbacks: the candidates' ranking
+tables, keyed by content (:func:`xas_callbacks.ranking.ranking_tables`).
+
+Per reading, a :class:`RankingRun` forms mu(E) from the detector roles and the mode, normalises
+the points so far, updates the posterior over candidates and publishes one event of a linked
+``xas-ranking`` analysis run: start document with ``purpose="xas-ranking"``, ``parent_uid``,
+provenance and the ranking settings (with the usable energy window); stream ``ranking`` with one
+event per usable reading (the reading's energy, mu and its sigma; top-k names, probabilities and
+log-evidences; offset, broadening, entropy, the leader's chi^2 per reading, ``n_points`` used and
+the ``raw_seq_num`` of the raw event it answers). Whoever needs the ranking -- the catalog, the
+adaptive plan's feed, a 0MQ publisher -- subscribes to these documents
+(:meth:`XASRankingCallback.subscribe`); nobody reaches into the callback.
 
 Nothing inside the callback ever propagates to the RunEngine: each exception is logged and
 counted. Bad input (NaN or zero I0, missing fields, duplicate or out-of-order events, events of
-unknown descriptors) is counted and reported at the stop (log + :attr:`summary`).
+unknown descriptors) is counted and reported at the stop (log + :attr:`RankingRun.summary`).
 
 The ranking documents are a deterministic function of the raw documents: the analysis run's
 times are the raw run's times, so replaying a stored run through a fresh callback reproduces
@@ -20,42 +28,64 @@ the stored ranking documents except for their uids.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Callable
 
 import numpy as np
-from event_model import DocumentRouter, compose_run, unpack_event_page
+from event_model import DocumentRouter, RunRouter, compose_run, unpack_event_page
 
 from endstation.modes import MODE_ROLES, mu_from_counts
 from models.normalization import Normalization, normalize
 from models.provenance import software_version
 from xas_callbacks.candidates import CandidateLibrary
-from xas_callbacks.ranking import RankingConfig, RankingEngine, RankingResult
+from xas_callbacks.ranking import RankingConfig, RankingEngine, RankingResult, ranking_tables
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["XASRankingCallback"]
+__all__ = ["XASRankingCallback", "RankingRun", "library_provenance"]
+
+#: Candidates published per ranking event: enough for the energy-selection agent, which weighs
+#: at most its 32 leading candidates (plans.energy_selection.EnergySelectionAgent.top_k).
+DEFAULT_TOP_K = 32
+
+#: Finished runs kept for inspection (``callback.runs``); their tables are shared, so this is cheap.
+KEEP_RUNS = 4
+
+Subscriber = Callable[[str, dict], object]
 
 
-_ENGINE_CACHE: dict = {}
+def library_provenance(library: CandidateLibrary | None) -> dict:
+    """Model name, weights sha256, candidate-set sha256 and counts of ``library`` (empty without one)."""
+    if library is None:
+        return {"software_version": software_version()}
+    p = library.provenance
+    return {
+        "model": p.get("model"),
+        "weights_sha256": p.get("weights_sha256"),
+        "candidates_sha256": p.get("candidates_sha256"),
+        "n_candidates": len(library),
+        "n_failures": len(library.failures),
+        "software_version": software_version(),
+    }
 
 
-class XASRankingCallback(DocumentRouter):
-    """Rank candidate structures against the measured spectrum, point by point.
+class XASRankingCallback(RunRouter):
+    """Rank candidate structures against the measured spectrum, point by point, run by run.
 
     Parameters
     ----------
     library : CandidateLibrary or None
-        Candidates to rank. None: built (and cached) from the start document's
+        Candidates to rank. None: built (and cached) from each start document's
         ``xas.candidates`` / ``xas.model``.
     emit : callable(name, doc), optional
-        Receives the documents of the linked ``xas-ranking`` analysis run (e.g.
-        ``RE.dispatcher.process`` or a TiledWriter).
+        A first subscriber to the ranking documents (e.g. the catalog); more with
+        :meth:`subscribe`.
     plot : object or bool, optional
-        A :class:`xas_callbacks.plotting.LiveRankingPlot` (or anything with ``update(cb)`` and
-        ``finish(cb)``); True makes a default one.
+        A :class:`xas_callbacks.plotting.LiveRankingPlot` (or anything with ``update(run)`` and
+        ``finish(run)``); True makes a default one.
     top_k : int
         Candidates per ranking event.
     config : RankingConfig, optional
@@ -82,9 +112,9 @@ class XASRankingCallback(DocumentRouter):
         self,
         library: CandidateLibrary | None = None,
         *,
-        emit: Callable[[str, dict], None] | None = None,
+        emit: Subscriber | None = None,
         plot=None,
-        top_k: int = 5,
+        top_k: int = DEFAULT_TOP_K,
         config: RankingConfig | None = None,
         stream_name: str = "primary",
         mode: str | None = None,
@@ -93,9 +123,8 @@ class XASRankingCallback(DocumentRouter):
         use_larch: bool = False,
         dtype=np.float32,
     ) -> None:
-        super().__init__()
+        super().__init__([self._make_run])
         self.library = library
-        self.emit = emit
         if plot is True:
             from xas_callbacks.plotting import LiveRankingPlot
 
@@ -110,29 +139,171 @@ class XASRankingCallback(DocumentRouter):
         self.use_larch = bool(use_larch)
         self.dtype = dtype
         self.counts: Counter = Counter()  # over the lifetime of the callback
-        self.latest_ranking: RankingResult | None = None
-        self.history: list[dict] = []  # per update: n_points and top-k probabilities (plots)
-        self.summary: dict = {}
-        self.engine: RankingEngine | None = None
-        self.normalization: Normalization | None = None
-        self._reset_run()
+        self.runs: OrderedDict[str, RankingRun] = OrderedDict()  # the latest ones, by raw uid
+        self._subscribers: dict[int, Subscriber] = {}
+        self._tokens = itertools.count()
+        self._descriptor_runs: dict[str, tuple[str, RankingRun | None]] = {}  # -> (run uid, its ranking)
+        if emit is not None:
+            self.subscribe(emit)
 
-    # ------------------------------------------------------------------ safety
+    def __repr__(self) -> str:
+        n = "from each start document" if self.library is None else f"{len(self.library)}"
+        return f"<XASRankingCallback: {n} candidates, {len(self.runs)} runs ranked, top_k={self.top_k}>"
+
+    # ------------------------------------------------------------ subscribers
+    def subscribe(self, callback: Subscriber) -> int:
+        """Send the ranking documents to ``callback(name, doc)`` too; returns a token."""
+        token = next(self._tokens)
+        self._subscribers[token] = callback
+        return token
+
+    def unsubscribe(self, token: int) -> None:
+        """Stop sending documents to the subscriber of ``token``."""
+        self._subscribers.pop(token, None)
+
+    def _publish(self, name: str, doc: dict) -> None:
+        for callback in list(self._subscribers.values()):
+            try:
+                callback(name, doc)
+            except Exception as exc:  # noqa: BLE001 -- a subscriber must not stop the ranking
+                self.counts["emit_errors"] += 1
+                logger.exception("XASRankingCallback: subscriber %r failed on %r: %s", callback, name, exc)
+
+    # ----------------------------------------------------------------- safety
     def __call__(self, name: str, doc: dict, validate: bool = False):
         try:
             return super().__call__(name, doc, validate)
         except Exception as exc:  # noqa: BLE001 -- never propagate into the RunEngine
             self.counts["callback_errors"] += 1
-            self.run_counts["callback_errors"] += 1
             logger.exception("XASRankingCallback: error while handling %r document: %s", name, exc)
             return name, doc
 
-    def _reset_run(self) -> None:
-        self.active = False
+    # ---------------------------------------------------------------- routing
+    def _make_run(self, name: str, start_doc: dict):
+        """The factory: a :class:`RankingRun` for runs with an ``xas`` block, nothing otherwise."""
+        xas = start_doc.get("xas")
+        if not isinstance(xas, dict) or start_doc.get("purpose") == "xas-ranking":
+            self.counts["runs_ignored"] += 1
+            return [], []
+        mode = self.mode_override or xas.get("mode", "transmission")
+        if mode not in MODE_ROLES:
+            self.counts["runs_ignored"] += 1
+            logger.warning("XASRankingCallback: unknown mode %r in run %s; ignored", mode, start_doc.get("uid"))
+            return [], []
+        for earlier in self.runs.values():
+            if earlier.open:
+                self.counts["unclosed_runs"] += 1
+                earlier.close_unfinished()
+        library = self.library if self.library is not None else _library_from_start(xas)
+        run = RankingRun(self, library, mode)
+        self.runs[start_doc["uid"]] = run
+        while len(self.runs) > KEEP_RUNS:
+            self.runs.popitem(last=False)
+        self.counts["runs_ranked"] += 1
+        return [run], []
+
+    def descriptor(self, doc):
+        result = super().descriptor(doc)
+        self._descriptor_runs[doc["uid"]] = (doc["run_start"], self.runs.get(doc["run_start"]))
+        return result
+
+    # Events go straight to their run's RankingRun, which counts what is wrong with them (the
+    # RunRouter would first pack an event into a page, which fails on an event without data).
+    def event(self, doc):
+        return self._route(doc, "event", 1)
+
+    def event_page(self, doc):
+        return self._route(doc, "event_page", len(doc.get("seq_num") or ()))
+
+    def _route(self, doc: dict, name: str, n_events: int) -> dict:
+        descriptor = doc.get("descriptor")
+        if descriptor not in self._descriptor_runs:
+            self._count_unknown_descriptor(n_events)
+        else:
+            _, run = self._descriptor_runs[descriptor]
+            if run is not None:
+                run(name, doc)
+        return doc
+
+    def stop(self, doc):
+        result = super().stop(doc)
+        self._descriptor_runs = {d: entry for d, entry in self._descriptor_runs.items()
+                                 if entry[0] != doc.get("run_start")}
+        return result
+
+    def _count_unknown_descriptor(self, n: int = 1) -> None:
+        run = self.last_run
+        if run is not None and run.open:
+            run.count("unknown_descriptor", n)
+        else:
+            self.counts["unknown_descriptor"] += n
+
+    # ----------------------------------------------------------------- access
+    def ranks(self, library: CandidateLibrary) -> bool:
+        """Whether a run with ``library``'s candidates in its start document gets them ranked:
+        the callback's own library holds the same candidates, or it has none and builds each run's
+        from the start document (which needs the library's source)."""
+        if self.library is None:
+            return bool(library.provenance.get("source"))
+        return list(self.library.names) == list(library.names) and np.array_equal(self.library.mean, library.mean)
+
+    @property
+    def last_run(self) -> "RankingRun | None":
+        """The ranking of the most recent XAS run (running or finished)."""
+        return next(reversed(self.runs.values()), None)
+
+    @property
+    def latest_ranking(self) -> RankingResult | None:
+        """The most recent run's latest ranking."""
+        run = self.last_run
+        return None if run is None else run.latest_ranking
+
+    @property
+    def summary(self) -> dict:
+        """The most recent finished run's summary (counts, normalisation, ranking)."""
+        run = self.last_run
+        return {} if run is None else run.summary
+
+    @property
+    def history(self) -> list[dict]:
+        """The most recent run's probability history (n_points, top-k probabilities per update)."""
+        run = self.last_run
+        return [] if run is None else run.history
+
+    def provenance(self) -> dict:
+        """Model name, weights sha256, candidate-set sha256 and software version of the library
+        ranked (the given one, else the last run's; only the version before any run)."""
+        library = self.library
+        if library is None and self.last_run is not None:
+            library = self.last_run.library
+        return library_provenance(library)
+
+
+class RankingRun(DocumentRouter):
+    """The ranking of one raw run: its points, normalisation, engine and analysis run.
+
+    Made by :class:`XASRankingCallback` for each XAS run; see the module docstring for the
+    documents it publishes.
+    """
+
+    def __init__(self, owner: XASRankingCallback, library: CandidateLibrary, mode: str) -> None:
+        super().__init__()
+        self.owner = owner
+        self.library = library
+        self.mode = mode
+        self.top_k = min(owner.top_k, len(library))
+        self.engine = RankingEngine(tables=ranking_tables(
+            library.names, library.energies, library.mean, library.std, owner.config, dtype=owner.dtype))
+        self.normalization: Normalization | None = None
+        self.latest_ranking: RankingResult | None = None
+        self.history: list[dict] = []
+        self.summary: dict = {}
+        self.run_counts: Counter = Counter()
         self.run_start: dict | None = None
         self.xas: dict = {}
-        self.run_counts: Counter = Counter()
-        self._descriptors: dict[str, dict] = {}
+        self.descriptors: set[str] = set()
+        self.open = False
+        self._stream_descriptors: set[str] = set()
         self._seen: set = set()
         self._last_seq: dict[str, int] = {}
         self._n_at_norm = 0
@@ -142,91 +313,49 @@ class XASRankingCallback(DocumentRouter):
         self._compose = None
         self._rank_desc = None
         self._last_time = None
-        self.history = []
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.owner.counts[what] += n
+        self.run_counts[what] += n
 
     # --------------------------------------------------------------- documents
     def start(self, doc):
-        if self.active:
-            self.counts["unclosed_runs"] += 1
-            self._finish(None)
-        self._reset_run()
-        xas = doc.get("xas")
-        if not isinstance(xas, dict):
-            self.counts["runs_ignored"] += 1
-            return
-        mode = self.mode_override or xas.get("mode", "transmission")
-        if mode not in MODE_ROLES:
-            self.counts["runs_ignored"] += 1
-            logger.warning("XASRankingCallback: unknown mode %r in run %s; ignored", mode, doc.get("uid"))
-            return
-        library = self.library
-        if library is None:
-            library = _library_from_start(xas)
-        self._library = library
-        self.engine = self._engine_for(library)
-        self.engine.reset()
-        self.normalization = None
-        self.latest_ranking = None
-        self.active = True
         self.run_start = doc
-        self.xas = xas
-        self.mode = mode
-        self.counts["runs_ranked"] += 1
+        self.xas = doc["xas"]
+        self.open = True
         self._open_analysis_run(doc)
 
     def descriptor(self, doc):
-        if not self.active:
-            return
-        self._descriptors[doc["uid"]] = doc
+        self.descriptors.add(doc["uid"])
+        if doc.get("name") == self.owner.stream_name:
+            self._stream_descriptors.add(doc["uid"])
 
     def event(self, doc):
-        if not self.active:
-            return
         self._process_event(doc)
 
     def event_page(self, doc):
-        if not self.active:
-            return
         for event in unpack_event_page(doc):
             try:
                 self._process_event(event)
             except Exception as exc:  # noqa: BLE001 -- one bad event does not lose the page
-                self.counts["callback_errors"] += 1
-                self.run_counts["callback_errors"] += 1
+                self.count("callback_errors")
                 logger.exception("XASRankingCallback: error on an event of a page: %s", exc)
 
     def stop(self, doc):
-        if not self.active:
-            return
         self._finish(doc)
 
-    # ---------------------------------------------------------------- internals
-    def _engine_for(self, library: CandidateLibrary) -> RankingEngine:
-        key = (id(library), len(library), library.provenance.get("candidates_sha256"),
-               self.config, np.dtype(self.dtype).str)
-        eng = _ENGINE_CACHE.get(key)
-        if eng is None or eng.names != library.names:
-            eng = RankingEngine(library.names, library.energies, library.mean, library.std,
-                                config=self.config, dtype=self.dtype)
-            _ENGINE_CACHE.clear()  # one library at a time: they can be large
-            _ENGINE_CACHE[key] = eng
-        return eng
+    def close_unfinished(self) -> None:
+        """End the analysis run of a raw run that never stopped (a new run started)."""
+        self._finish(None)
 
-    def _count(self, what: str) -> None:
-        self.counts[what] += 1
-        self.run_counts[what] += 1
-
+    # ----------------------------------------------------------------- readings
     def _process_event(self, ev: dict) -> None:
-        desc = self._descriptors.get(ev.get("descriptor"))
-        if desc is None:
-            self._count("unknown_descriptor")
-            return
-        if desc.get("name") != self.stream_name:
+        if ev.get("descriptor") not in self._stream_descriptors:
             return
         key = ev.get("uid") or (ev.get("descriptor"), ev.get("seq_num"))
         seq_key = (ev.get("descriptor"), ev.get("seq_num"))
         if key in self._seen or seq_key in self._seen:
-            self._count("duplicates")
+            self.count("duplicates")
             return
         self._seen.add(key)
         self._seen.add(seq_key)
@@ -234,38 +363,34 @@ class XASRankingCallback(DocumentRouter):
         last = self._last_seq.get(ev.get("descriptor"))
         if isinstance(seq, (int, np.integer)):
             if last is not None and seq < last:
-                self._count("out_of_order")
+                self.count("out_of_order")
             self._last_seq[ev.get("descriptor")] = max(seq, last) if last is not None else seq
-        self._count("events")
+        self.count("events")
         data = ev.get("data") or {}
         efield = self.xas.get("energy_field", "energy")
         roles = self.xas.get("detectors") or {}
         energy = _as_float(data.get(efield))
         if energy is None or not np.isfinite(energy):
-            self._count("missing_fields" if efield not in data else "bad_energy")
+            self.count("missing_fields" if efield not in data else "bad_energy")
             return
         counts = {}
         for role in MODE_ROLES[self.mode]:
             key_ = roles.get(role)
-            value = _as_float(data.get(key_)) if key_ is not None else None
             if key_ is None or key_ not in data:
-                self._count("missing_fields")
+                self.count("missing_fields")
                 return
+            value = _as_float(data.get(key_))
             counts[role] = value if value is not None else float("nan")
         mu, var, bad = mu_from_counts(
-            self.mode, i0=counts.get("i0"), it=counts.get("it"), ir=counts.get("ir"),
-            if_=counts.get("if"),
+            self.mode, i0=counts.get("i0"), it=counts.get("it"), ir=counts.get("ir"), if_=counts.get("if"),
         )
         if bad[0]:
-            if self.mode != "reference" and not (counts["i0"] > 0):
-                self._count("bad_i0")
-            else:
-                self._count("bad_counts")
+            self.count("bad_i0" if self.mode != "reference" and not (counts["i0"] > 0) else "bad_counts")
             return
         self._E.append(energy)
         self._mu.append(float(mu[0]))
         self._var.append(float(var[0]))
-        self._count("points")
+        self.count("points")
         self._last_time = ev.get("time")
         self._update(ev)
 
@@ -273,12 +398,12 @@ class XASRankingCallback(DocumentRouter):
         eng = self.engine
         E = np.asarray(self._E)
         e0 = _as_float(self.xas.get("e0"))
-        new = normalize(E, np.asarray(self._mu), e0, use_larch=self.use_larch)
+        new = normalize(E, np.asarray(self._mu), e0, use_larch=self.owner.use_larch)
         cur = self.normalization
         n = len(self._E)
         renorm = cur is None or (
-            not cur.close_to(new, self.renorm_rtol)
-            and (n >= self.renorm_growth * self._n_at_norm
+            not cur.close_to(new, self.owner.renorm_rtol)
+            and (n >= self.owner.renorm_growth * self._n_at_norm
                  or (cur.method == "provisional" and new.method != "provisional"))
         )
         if renorm:
@@ -286,18 +411,15 @@ class XASRankingCallback(DocumentRouter):
             self._n_at_norm = n
             y, v = new.apply(E, np.asarray(self._mu), np.asarray(self._var))
             eng.rebuild(E, y, v)
-            self.run_counts["outside_model_range"] = eng.n_outside
-            if len(self._E) > 1:
-                self._count("renormalizations")
+            if n > 1:
+                self.count("renormalizations")
         else:
-            y, v = self.normalization.apply(E[-1:], np.asarray(self._mu[-1:]),
-                                            np.asarray(self._var[-1:]))
+            y, v = self.normalization.apply(E[-1:], np.asarray(self._mu[-1:]), np.asarray(self._var[-1:]))
             eng.add_point(E[-1], y[0], v[0])
-            self.run_counts["outside_model_range"] = eng.n_outside
-        if eng.n_points == 0:
-            return
+        self.run_counts["outside_model_range"] = eng.n_outside
         res = eng.result()
-        res.top_reduced_chi2 = eng.reduced_chi2(int(res.order[0]), res.offset_map, res.broadening_map)
+        if eng.n_points:
+            res.top_reduced_chi2 = eng.reduced_chi2(int(res.order[0]), res.offset_map, res.broadening_map)
         self.latest_ranking = res
         self.history.append({
             "n_points": res.n_points,
@@ -305,86 +427,60 @@ class XASRankingCallback(DocumentRouter):
                               zip(res.order[: self.top_k], res.probabilities[: self.top_k])},
         })
         self._emit_ranking(res, ev)
-        if self.plot is not None:
-            try:
-                self.plot.update(self)
-            except Exception as exc:  # noqa: BLE001
-                self._count("plot_errors")
-                logger.exception("XASRankingCallback: plot update failed: %s", exc)
+        self._draw("update")
 
     # ------------------------------------------------------------ analysis run
-    def provenance(self) -> dict:
-        """Model name, weights sha256, candidate-set sha256 and software version."""
-        p = self._library.provenance
-        return {
-            "model": p.get("model"),
-            "weights_sha256": p.get("weights_sha256"),
-            "candidates_sha256": p.get("candidates_sha256"),
-            "n_candidates": len(self._library),
-            "n_failures": len(self._library.failures),
-            "software_version": software_version(),
-        }
-
-    def _safe_emit(self, name: str, doc: dict) -> None:
-        if self.emit is None:
-            return
-        try:
-            self.emit(name, doc)
-        except Exception as exc:  # noqa: BLE001
-            self._count("emit_errors")
-            logger.exception("XASRankingCallback: emit(%r) failed: %s", name, exc)
-
     def _open_analysis_run(self, raw_start: dict) -> None:
-        cfg = self.config
+        cfg, eng = self.owner.config, self.engine
         md = {
             "purpose": "xas-ranking",
             "parent_uid": raw_start.get("uid"),
-            "provenance": self.provenance(),
+            "provenance": library_provenance(self.library),
             "ranking_config": {
-                "offsets_eV": [float(self.engine.offsets[0]), float(self.engine.offsets[-1]),
-                               float(self.engine.offsets[1] - self.engine.offsets[0])
-                               if self.engine.offsets.size > 1 else 0.0],
+                "offsets_eV": [float(eng.offsets[0]), float(eng.offsets[-1]),
+                               float(eng.offsets[1] - eng.offsets[0]) if eng.offsets.size > 1 else 0.0],
                 "offset_prior": [cfg.offset_prior_mean, cfg.offset_prior_sd],
-                "broadenings_eV": [float(b) for b in self.engine.broadenings],
+                "broadenings_eV": [float(b) for b in eng.broadenings],
                 "amplitude_prior": list(cfg.amplitude_prior),
                 "background_prior": list(cfg.background_prior),
                 "model_floor": cfg.model_floor,
+                "window_eV": [float(w) for w in eng.window],
                 "top_k": self.top_k,
                 "mode": self.mode,
             },
-            "failures": dict(self._library.failures),
+            "failures": dict(self.library.failures),
         }
         bundle = compose_run(metadata=md, time=raw_start.get("time"))
         self._compose = bundle
-        self._safe_emit("start", bundle.start_doc)
+        self.owner._publish("start", bundle.start_doc)
         k = self.top_k
-        # The float arrays are declared dtype_numpy "|O8" so that TiledWriter writes them as
-        # (float64) zarr arrays like the names: with its default max_array_size small float
-        # arrays go into the SQL event table, whose SQLite storage cannot hold list columns.
+
+        def number(units=None):
+            key = {"source": "xas-ranking", "dtype": "number", "shape": [], "dtype_numpy": "<f8"}
+            return {**key, "units": units} if units else key
+
         data_keys = {
-            "top_names": {"source": "xas-ranking", "dtype": "array", "shape": [k],
-                          "dtype_numpy": "<U64"},
-            "top_probabilities": {"source": "xas-ranking", "dtype": "array", "shape": [k],
-                                  "dtype_numpy": "|O8"},
-            "top_log_evidence": {"source": "xas-ranking", "dtype": "array", "shape": [k],
-                                 "dtype_numpy": "|O8"},
-            "offset": {"source": "xas-ranking", "dtype": "number", "shape": [], "units": "eV"},
-            "offset_sd": {"source": "xas-ranking", "dtype": "number", "shape": [], "units": "eV"},
-            "broadening": {"source": "xas-ranking", "dtype": "number", "shape": [], "units": "eV"},
-            "entropy": {"source": "xas-ranking", "dtype": "number", "shape": []},
-            "top_reduced_chi2": {"source": "xas-ranking", "dtype": "number", "shape": []},
-            "n_points": {"source": "xas-ranking", "dtype": "integer", "shape": []},
-            "raw_seq_num": {"source": "xas-ranking", "dtype": "integer", "shape": []},
+            "energy": number("eV"),
+            "mu": number(),
+            "mu_sigma": number(),
+            "top_names": {"source": "xas-ranking", "dtype": "array", "shape": [k], "dtype_numpy": "<U64"},
+            "top_probabilities": {"source": "xas-ranking", "dtype": "array", "shape": [k], "dtype_numpy": "<f8"},
+            "top_log_evidence": {"source": "xas-ranking", "dtype": "array", "shape": [k], "dtype_numpy": "<f8"},
+            "offset": number("eV"),
+            "offset_sd": number("eV"),
+            "broadening": number("eV"),
+            "entropy": number(),
+            "top_reduced_chi2": number(),
+            "n_points": {"source": "xas-ranking", "dtype": "integer", "shape": [], "dtype_numpy": "<i8"},
+            "raw_seq_num": {"source": "xas-ranking", "dtype": "integer", "shape": [], "dtype_numpy": "<i8"},
         }
         self._rank_desc = bundle.compose_descriptor(
             name="ranking", data_keys=data_keys, time=raw_start.get("time"),
             hints={"xas-ranking": {"fields": ["top_names", "top_probabilities", "offset"]}},
         )
-        self._safe_emit("descriptor", self._rank_desc.descriptor_doc)
+        self.owner._publish("descriptor", self._rank_desc.descriptor_doc)
 
     def _emit_ranking(self, res: RankingResult, ev: dict) -> None:
-        if self._rank_desc is None:
-            return
         k = self.top_k
         names = (res.names[:k] + [""] * k)[:k]
         probs = np.full(k, np.nan)
@@ -394,6 +490,9 @@ class XASRankingCallback(DocumentRouter):
         loge[:m] = res.log_evidence[:m]
         t = ev.get("time")
         data = {
+            "energy": float(self._E[-1]),
+            "mu": float(self._mu[-1]),
+            "mu_sigma": float(math.sqrt(self._var[-1])),
             "top_names": names,
             "top_probabilities": [float(p) for p in probs],
             "top_log_evidence": [float(x) for x in loge],
@@ -405,44 +504,50 @@ class XASRankingCallback(DocumentRouter):
             "n_points": int(res.n_points),
             "raw_seq_num": int(ev.get("seq_num") or 0),
         }
-        doc = self._rank_desc.compose_event(
-            data=data, timestamps={key: t for key in data}, time=t,
-        )
-        self._safe_emit("event", doc)
+        doc = self._rank_desc.compose_event(data=data, timestamps={key: t for key in data}, time=t)
+        self.owner._publish("event", doc)
 
     def _finish(self, raw_stop: dict | None) -> None:
+        if not self.open:
+            return
+        self.open = False
         counts = dict(self.run_counts)
         res = self.latest_ranking
         self.summary = {
             "run_uid": (self.run_start or {}).get("uid"),
             "counts": counts,
-            "n_points_used": self.engine.n_points if self.engine else 0,
+            "n_points_used": self.engine.n_points,
             "normalization": None if self.normalization is None else {
                 "e0": self.normalization.e0, "edge_step": self.normalization.edge_step,
                 "method": self.normalization.method},
             "ranking": None if res is None else res.as_dict(self.top_k),
         }
-        problems = {k: v for k, v in counts.items() if k not in ("events", "points") and v}
+        problems = {k: v for k, v in counts.items()
+                    if k not in ("events", "points", "outside_model_range", "renormalizations") and v}
         if problems:
             logger.warning("XASRankingCallback: run %s finished with %s", self.summary["run_uid"], problems)
         else:
             logger.info("XASRankingCallback: run %s finished, %s points", self.summary["run_uid"],
                         counts.get("points", 0))
-        if self._compose is not None:
-            status = (raw_stop or {}).get("exit_status", "fail" if raw_stop is None else "success")
-            if status not in ("success", "abort", "fail"):
-                status = "fail"
-            reason = "" if raw_stop is not None else "raw run never stopped"
-            stop = self._compose.compose_stop(exit_status=status, reason=reason,
-                                              time=(raw_stop or {}).get("time", self._last_time))
-            self._safe_emit("stop", stop)
-        if self.plot is not None:
-            try:
-                self.plot.finish(self)
-            except Exception as exc:  # noqa: BLE001
-                self._count("plot_errors")
-                logger.exception("XASRankingCallback: plot finish failed: %s", exc)
-        self.active = False
+        status = (raw_stop or {}).get("exit_status", "fail" if raw_stop is None else "success")
+        if status not in ("success", "abort", "fail"):
+            status = "fail"
+        reason = "" if raw_stop is not None else "raw run never stopped"
+        stop = self._compose.compose_stop(exit_status=status, reason=reason,
+                                          time=(raw_stop or {}).get("time", self._last_time))
+        self.owner._publish("stop", stop)
+        self._draw("finish")
+
+    def _draw(self, method: str) -> None:
+        """``plot.update(self)`` or ``plot.finish(self)``; a failing plot is counted, never raised."""
+        plot = self.owner.plot
+        if plot is None:
+            return
+        try:
+            getattr(plot, method)(self)
+        except Exception as exc:  # noqa: BLE001
+            self.count("plot_errors")
+            logger.exception("XASRankingCallback: plot %s failed: %s", method, exc)
 
 
 def _as_float(value) -> float | None:
@@ -459,18 +564,24 @@ def _as_float(value) -> float | None:
     return out if not math.isinf(out) else float("nan")
 
 
-_LIBRARY_CACHE: dict = {}
+_LIBRARIES: OrderedDict = OrderedDict()
 
 
 def _library_from_start(xas: dict) -> CandidateLibrary:
+    """The candidates a start document names (``xas.candidates``, ``xas.model``), built once.
+
+    Cached by the start document's source, candidate-set sha256 and model; a library is only
+    read, never changed, so runs may share it.
+    """
     cands = xas.get("candidates") or {}
     model = (xas.get("model") or {}).get("name")
-    key = (cands.get("source"), cands.get("sha256"), model)
-    lib = _LIBRARY_CACHE.get(key)
+    key = (cands.get("source"), cands.get("sha256"), model, tuple(cands.get("names") or ()))
+    lib = _LIBRARIES.get(key)
     if lib is None:
         lib = CandidateLibrary.from_start_doc(xas)
         if cands.get("names"):
             lib = lib.subset([str(n) for n in cands["names"]])
-        _LIBRARY_CACHE.clear()
-        _LIBRARY_CACHE[key] = lib
+        _LIBRARIES[key] = lib
+        while len(_LIBRARIES) > 2:
+            _LIBRARIES.popitem(last=False)
     return lib

@@ -135,6 +135,20 @@ class CandidateLibrary:
     def __len__(self) -> int:
         return len(self.names)
 
+    @property
+    def absorber(self) -> str | None:
+        """The absorbing element the spectra are for, where the library says (``None`` if not)."""
+        return self.provenance.get("element") or self.provenance.get("absorber")
+
+    def check_absorber(self, element: str, edge: str) -> None:
+        """Raise ``ValueError`` when the library's spectra are for another element or edge."""
+        absorber, own_edge = self.absorber, self.provenance.get("edge")
+        if absorber is not None and str(absorber) != str(element):
+            raise ValueError(f"the candidates are {absorber} spectra ({self.provenance.get('source') or 'library'}), "
+                             f"not {element}: choose candidates and a model for the {element} {edge}-edge")
+        if own_edge is not None and str(own_edge).upper() != str(edge).upper():
+            raise ValueError(f"the candidates are {own_edge}-edge spectra, not {edge}-edge")
+
     # ---------------------------------------------------------------- structures
     def source_of(self, name: str):
         """The structure source of candidate ``name`` (path, SMILES, pymatgen dict) or ``None``.
@@ -386,7 +400,12 @@ class CandidateLibrary:
         structure file, or a saved library ``.npz``."""
         path = Path(source).expanduser()
         if path.suffix == ".npz" and path.is_file():
-            return cls.load(path)
+            lib = cls.load(path)
+            # The source a start document records must be loadable again: this file. Where its
+            # candidates came from first stays in the provenance.
+            lib.provenance["built_from"] = lib.provenance.get("source")
+            lib.provenance["source"] = str(path.resolve())
+            return lib
         if path.is_dir():
             subdirs = [e for e in os.scandir(path) if e.is_dir()]
             if subdirs and any((Path(e.path) / "FEFF-XANES").is_dir() for e in subdirs[:50]):

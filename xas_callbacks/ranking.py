@@ -22,6 +22,9 @@ the same points in the same order give bit-identical results.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +37,8 @@ __all__ = [
     "RankingConfig",
     "RankingResult",
     "RankingEngine",
+    "RankingTables",
+    "ranking_tables",
     "linear_gaussian_log_evidence",
 ]
 
@@ -189,8 +194,125 @@ def linear_gaussian_log_evidence(
     )
 
 
+class RankingTables:
+    """The candidates' spectra prepared for ranking: immutable, shared by every run that ranks
+    the same candidates with the same settings (see :func:`ranking_tables`).
+
+    The spectra are resampled once onto a uniform fine grid of step ``config.grid_step``,
+    broadened for every broadening of the grid, and laid out (W, G, N) so that, for one measured
+    point, the shifted spectra of all offsets are a strided (W, O, N) view.
+
+    Parameters
+    ----------
+    names, energies, mean, std, config, log_prior, dtype
+        As for :class:`RankingEngine`.
+    """
+
+    def __init__(self, names, energies, mean, std=None, config: RankingConfig | None = None,
+                 log_prior=None, dtype=np.float64) -> None:
+        self.config = cfg = config or RankingConfig()
+        self.names = tuple(str(n) for n in names)
+        energies = np.asarray(energies, dtype=float)
+        mean = np.atleast_2d(np.asarray(mean, dtype=float))
+        std = np.zeros_like(mean) if std is None else np.atleast_2d(np.asarray(std, dtype=float))
+        if mean.shape != std.shape or mean.shape != (len(self.names), energies.size):
+            raise ValueError(
+                f"shapes disagree: names {len(self.names)}, energies {energies.shape}, "
+                f"mean {mean.shape}, std {std.shape}"
+            )
+        if np.any(np.diff(energies) <= 0):
+            raise ValueError("candidate energies must increase strictly")
+        self.energies = energies
+        N = len(self.names)
+        h = float(cfg.grid_step)
+        stride = max(1, int(round(cfg.offset_step / h)))
+        k_lo = int(np.floor(cfg.offset_min / h))
+        n_off = int(np.floor((cfg.offset_max - k_lo * h) / (stride * h))) + 1
+        self.offsets = (k_lo + stride * np.arange(n_off)) * h
+        self.stride = stride
+        self.broadenings = np.asarray(cfg.broadenings, dtype=float)
+        W = self.broadenings.size
+
+        # fine uniform grid covering the model range plus the pre-edge extension
+        g0 = np.floor((energies[0] - cfg.pre_pad) / h) * h
+        G = int(np.ceil((energies[-1] - g0) / h)) + 1
+        self.g0, self.h = g0, h
+        self.grid = g0 + h * np.arange(G)
+        #: usable measured-energy window: E + dE inside the grid for every offset
+        self.window = (float(self.grid[0] - self.offsets[0]), float(self.grid[-1] - self.offsets[-1] - h))
+
+        outside = (self.grid < energies[0]) | (self.grid > energies[-1])
+        mfine = np.empty((N, G))
+        vfine = np.empty((N, G))
+        for i in range(N):  # np.interp extends with end values
+            mfine[i] = np.interp(self.grid, energies, mean[i])
+            vfine[i] = np.interp(self.grid, energies, std[i])
+        vfine = vfine**2 + np.where(outside, cfg.extrapolation_sd**2, 0.0)[None, :]
+        # (W, G, N): candidates innermost, so every per-cell array is (W, O, N)
+        self.M = np.empty((W, G, N), dtype=dtype)
+        self.V = np.empty((W, G, N), dtype=dtype)
+        for j, fw in enumerate(self.broadenings):
+            self.M[j] = gaussian_broaden_uniform(mfine, h, fw).T
+            self.V[j] = gaussian_broaden_uniform(vfine, h, fw).T
+        # differences to the next grid point, for one-multiply linear interpolation
+        self.dM = np.zeros_like(self.M)
+        self.dM[:, :-1] = np.diff(self.M, axis=1)
+        self.dV = np.zeros_like(self.V)
+        self.dV[:, :-1] = np.diff(self.V, axis=1)
+
+        lp_off = -0.5 * ((self.offsets - cfg.offset_prior_mean) / cfg.offset_prior_sd) ** 2
+        self.log_prior_offset = lp_off - _logsumexp(lp_off)
+        if cfg.broadening_prior is None:
+            self.log_prior_broadening = np.full(W, -np.log(W))
+        else:
+            bp = np.asarray(cfg.broadening_prior, dtype=float)
+            self.log_prior_broadening = np.log(bp / bp.sum())
+        if log_prior is None:
+            self.log_prior_candidates = np.full(N, -np.log(max(N, 1)))
+        else:
+            lpc = np.asarray(log_prior, dtype=float)
+            self.log_prior_candidates = lpc - _logsumexp(lpc)
+        for value in vars(self).values():
+            if isinstance(value, np.ndarray):
+                value.setflags(write=False)
+
+
+_TABLES: OrderedDict = OrderedDict()
+_TABLES_LOCK = threading.Lock()
+
+
+def ranking_tables(names, energies, mean, std=None, config: RankingConfig | None = None,
+                   log_prior=None, dtype=np.float64, *, max_cached: int = 2) -> RankingTables:
+    """The :class:`RankingTables` of these candidates, built once and shared, keyed by content.
+
+    The key is a sha256 of the names, energies, spectra, prior, settings and dtype, so two
+    callbacks given the same library (or two copies of it) share one immutable table set, and a
+    changed library never gets a stale one. The ``max_cached`` most recent sets are kept.
+    """
+    config = config or RankingConfig()
+    digest = hashlib.sha256(repr((tuple(map(str, names)), config, np.dtype(dtype).str)).encode())
+    for array in (energies, mean, std, log_prior):
+        if array is not None:
+            digest.update(np.ascontiguousarray(np.asarray(array, dtype=float)).tobytes())
+    key = digest.hexdigest()
+    with _TABLES_LOCK:
+        tables = _TABLES.get(key)
+        if tables is not None:
+            _TABLES.move_to_end(key)
+            return tables
+    tables = RankingTables(names, energies, mean, std, config, log_prior, dtype)
+    with _TABLES_LOCK:
+        _TABLES[key] = tables
+        while len(_TABLES) > max_cached:
+            _TABLES.popitem(last=False)
+    return tables
+
+
 class RankingEngine:
     """Incremental Bayesian ranking of candidate spectra against measured points.
+
+    The engine holds the state of ONE ranking (the points and their sufficient statistics);
+    the candidate tables it reads are immutable and may be shared (:class:`RankingTables`).
 
     Parameters
     ----------
@@ -207,84 +329,33 @@ class RankingEngine:
         Dtype of the candidate tables and per-point arithmetic. float64 (default) is exact to
         rounding; float32 halves memory and time, accumulating 16-point blocks in float32 that
         are flushed into float64 totals (log-evidence then good to ~1e-2).
+    tables : RankingTables, optional
+        Prepared tables (e.g. from :func:`ranking_tables`) instead of the arrays above.
     """
 
     def __init__(
         self,
-        names,
-        energies,
-        mean,
+        names=None,
+        energies=None,
+        mean=None,
         std=None,
         config: RankingConfig | None = None,
         log_prior=None,
         dtype=np.float64,
+        *,
+        tables: RankingTables | None = None,
     ) -> None:
-        self.config = cfg = config or RankingConfig()
-        self.names = list(names)
-        energies = np.asarray(energies, dtype=float)
-        mean = np.atleast_2d(np.asarray(mean, dtype=float))
-        std = np.zeros_like(mean) if std is None else np.atleast_2d(np.asarray(std, dtype=float))
-        if mean.shape != std.shape or mean.shape != (len(self.names), energies.size):
-            raise ValueError(
-                f"shapes disagree: names {len(self.names)}, energies {energies.shape}, "
-                f"mean {mean.shape}, std {std.shape}"
-            )
-        if np.any(np.diff(energies) <= 0):
-            raise ValueError("candidate energies must increase strictly")
-        N = len(self.names)
-        h = float(cfg.grid_step)
-        stride = max(1, int(round(cfg.offset_step / h)))
-        k_lo = int(np.floor(cfg.offset_min / h))
-        n_off = int(np.floor((cfg.offset_max - k_lo * h) / (stride * h))) + 1
-        self.offsets = (k_lo + stride * np.arange(n_off)) * h
-        self._stride = stride
-        self.broadenings = np.asarray(cfg.broadenings, dtype=float)
-        W, O = self.broadenings.size, self.offsets.size
-
-        # fine uniform grid covering the model range plus the pre-edge extension
-        e_lo = energies[0] - cfg.pre_pad
-        e_hi = energies[-1]
-        g0 = np.floor(e_lo / h) * h
-        G = int(np.ceil((e_hi - g0) / h)) + 1
-        self._g0, self._h = g0, h
-        self.grid = g0 + h * np.arange(G)
-        # usable measured-energy window: E + dE inside the grid for every offset
-        self.window = (self.grid[0] - self.offsets[0], self.grid[-1] - self.offsets[-1] - h)
-
-        outside = (self.grid < energies[0]) | (self.grid > energies[-1])
-        mfine = np.empty((N, G))
-        vfine = np.empty((N, G))
-        for i in range(N):  # np.interp extends with end values
-            mfine[i] = np.interp(self.grid, energies, mean[i])
-            vfine[i] = np.interp(self.grid, energies, std[i])
-        vfine = vfine**2 + np.where(outside, cfg.extrapolation_sd**2, 0.0)[None, :]
-        # tables laid out (W, G, N): for one point the offsets are a contiguous (W, O, N) block,
-        # and every per-cell array below is (W, O, N) with candidates innermost
-        self._M = np.empty((W, G, N), dtype=dtype)
-        self._V = np.empty((W, G, N), dtype=dtype)
-        for j, fw in enumerate(self.broadenings):
-            self._M[j] = gaussian_broaden_uniform(mfine, h, fw).T
-            self._V[j] = gaussian_broaden_uniform(vfine, h, fw).T
-        # differences to the next grid point, for one-multiply linear interpolation
-        self._dM = np.zeros_like(self._M)
-        self._dM[:, :-1] = np.diff(self._M, axis=1)
-        self._dV = np.zeros_like(self._V)
-        self._dV[:, :-1] = np.diff(self._V, axis=1)
-
-        # priors
-        lp_off = -0.5 * ((self.offsets - cfg.offset_prior_mean) / cfg.offset_prior_sd) ** 2
-        self._log_prior_offset = lp_off - _logsumexp(lp_off)
-        if cfg.broadening_prior is None:
-            lp_b = np.full(W, -np.log(W))
-        else:
-            bp = np.asarray(cfg.broadening_prior, dtype=float)
-            lp_b = np.log(bp / bp.sum())
-        self._log_prior_broadening = lp_b
-        if log_prior is None:
-            self._log_prior_cand = np.full(N, -np.log(max(N, 1)))
-        else:
-            lpc = np.asarray(log_prior, dtype=float)
-            self._log_prior_cand = lpc - _logsumexp(lpc)
+        if tables is None:
+            tables = RankingTables(names, energies, mean, std, config, log_prior, dtype)
+        self.tables = t = tables
+        self.config = t.config
+        self.names = list(t.names)
+        self.offsets, self.broadenings, self.grid, self.window = t.offsets, t.broadenings, t.grid, t.window
+        self._stride, self._g0, self._h = t.stride, t.g0, t.h
+        self._M, self._V, self._dM, self._dV = t.M, t.V, t.dM, t.dV
+        self._log_prior_offset = t.log_prior_offset
+        self._log_prior_broadening = t.log_prior_broadening
+        self._log_prior_cand = t.log_prior_candidates
         self.reset()
 
     # ------------------------------------------------------------------ state

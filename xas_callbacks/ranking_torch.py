@@ -38,7 +38,7 @@ class TorchRankingEngine(RankingEngine):
         super().__init__(names, energies, mean, std, config=config, log_prior=log_prior,
                          dtype=np.float32)
         for attr in ("_M", "_dM", "_V", "_dV"):
-            setattr(self, attr, torch.from_numpy(np.ascontiguousarray(getattr(self, attr))).to(self.device))
+            setattr(self, attr, torch.tensor(np.asarray(getattr(self, attr)), device=self.device))
         self.reset()
 
     def reset(self) -> None:
