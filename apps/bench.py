@@ -46,6 +46,10 @@ from typing import Any
 
 import numpy as np
 
+from apps import bench_real
+from apps.references import CU_REFERENCES
+from models.provenance import git_state
+
 __all__ = ["main", "CONVENTIONAL_GRID", "NEAR_DUPLICATE_MAX_ABS", "POLICIES", "run_adaptive_benchmark"]
 
 POLICIES = ("adaptive", "space-filling", "uniform", "random", "conventional")
@@ -58,40 +62,11 @@ CONVENTIONAL_GRID = {"bounds": "-150 -30 -10 40 150", "steps": "10 2 0.5 2"}
 #: policy can tell them apart.
 NEAR_DUPLICATE_MAX_ABS = 0.05
 
-#: Real measured Cu K-edge references (XAS data library) -> (AMCSD mineral, reduced formula).
-CU_REFERENCES = {
-    "Cu_Foil_rt_2016Foils.xdi": ("copper", "Cu"),
-    "cu_metal_rt.xdi": ("copper", "Cu"),
-    "cu_metal_10K.xdi": ("copper", "Cu"),
-    "CuO_tenorite_13K_01.xdi": ("tenorite", "CuO"),
-    "Cu2O_13K_01.xdi": ("cuprite", "Cu2O"),
-    "Cu2S_13K_01.xdi": ("chalcocite", "Cu2S"),
-    "CuS_covellite_13K_01.xdi": ("covellite", "CuS"),
-    "Cu_azurite_13K_01.xdi": ("azurite", "Cu3H2(CO4)2"),
-}
-
-#: Candidate minerals (AMCSD names) -> the elements the chosen CIF must have (H ignored): the
-#: references' own minerals and Cu-bearing distractors.
-CU_MINERALS = {
-    "copper": {"Cu"},
-    "cuprite": {"Cu", "O"},
-    "tenorite": {"Cu", "O"},
-    "paramelaconite": {"Cu", "O"},
-    "chalcocite": {"Cu", "S"},
-    "digenite": {"Cu", "S"},
-    "covellite": {"Cu", "S"},
-    "azurite": {"Cu", "C", "O"},
-    "malachite": {"Cu", "C", "O"},
-    "chalcopyrite": {"Cu", "Fe", "S"},
-    "bornite": {"Cu", "Fe", "S"},
-    "atacamite": {"Cu", "Cl", "O"},
-    "libethenite": {"Cu", "P", "O"},
-    "dioptase": {"Cu", "Si", "O"},
-    "cuprospinel": {"Cu", "Fe", "O"},
-    "delafossite": {"Cu", "Fe", "O"},
-    "stromeyerite": {"Cu", "Ag", "S"},
-}
-
+#: The Cu minerals the real references are ranked among: their own minerals and Cu-bearing
+#: distractors (AMCSD names).
+CU_CANDIDATE_MINERALS = ("copper", "cuprite", "tenorite", "paramelaconite", "chalcocite", "digenite",
+                         "covellite", "azurite", "malachite", "chalcopyrite", "bornite", "atacamite",
+                         "libethenite", "dioptase", "cuprospinel", "delafossite", "stromeyerite")
 
 # ------------------------------------------------------------------------------ problems
 @dataclass
@@ -293,51 +268,14 @@ def molecule_problems(model: str, n_samples: int, n_candidates: int, seed: int, 
 
 
 def _mineral_cifs(outdir: Path) -> tuple[dict[str, Path], dict[str, str]]:
-    """One ordered AMCSD CIF per mineral of :data:`CU_MINERALS` (written under ``outdir``)."""
-    import larixite.amcsd as amcsd
-    from pymatgen.io.cif import CifParser
+    """One AMCSD CIF per candidate mineral (written under ``outdir``) and a note per mineral."""
+    from models.amcsd import mineral_cifs, write_cifs
 
-    import warnings
-
-    outdir.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
-    notes_file = outdir / "chosen.json"
-    notes: dict[str, str] = json.loads(notes_file.read_text()) if notes_file.exists() else {}
-    db = None
-    for mineral, elements in CU_MINERALS.items():
-        path = outdir / f"{mineral}.cif"
-        if path.exists():
-            paths[mineral] = path
-            continue
-        if db is None:
-            db = amcsd.AMCSD(os.path.join(os.path.dirname(amcsd.__file__), "amcsd_cif1.db"), read_only=True)
-        found = db.find_cifs(mineral_name=mineral)
-        fallback = None
-        for cif in found:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    structure = CifParser.from_str(cif.ciftext).parse_structures(primitive=False)[0]
-            except Exception:  # noqa: BLE001 -- try the next entry
-                continue
-            have = {el.symbol for el in structure.composition.elements} - {"H"}
-            if have != elements - {"H"}:
-                continue
-            if structure.is_ordered:
-                path.write_text(cif.ciftext)
-                paths[mineral] = path
-                notes[mineral] = f"AMCSD {cif.ams_id} {cif.formula}"
-                break
-            fallback = fallback or cif
-        else:
-            if fallback is not None:
-                path.write_text(fallback.ciftext)
-                paths[mineral] = path
-                notes[mineral] = f"AMCSD {fallback.ams_id} {fallback.formula} (partial occupancy)"
-            else:
-                notes[mineral] = f"no usable AMCSD CIF among {len(found)} entries"
-    notes_file.write_text(json.dumps(notes, indent=1))
-    return paths, notes
+    entries, missing = mineral_cifs(CU_CANDIDATE_MINERALS, contains=("Cu",))
+    notes = {m: f"AMCSD {e.amcsd_id} {e.formula}" + ("" if e.ordered else " (partial occupancy)")
+             for m, e in entries.items()}
+    notes.update({m: f"not used: {why}" for m, why in missing.items()})
+    return write_cifs(entries, outdir), notes
 
 
 def _sample_from_xdi(path: Path):
@@ -746,7 +684,7 @@ def run_adaptive_benchmark(args, stream=sys.stdout) -> dict:
         "benchmark": "xas-bench adaptive",
         "command": "xas-bench " + " ".join(args.argv),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "git": _git_state(),
+        "git": git_state(("plans", "xas_callbacks", "endstation", "models")),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "numpy": np.__version__, "cpu_count": os.cpu_count(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
@@ -789,20 +727,6 @@ def run_adaptive_benchmark(args, stream=sys.stdout) -> dict:
         print(f"decision time (suggest, 1000 candidates): {result['decision_time']}", file=stream, flush=True)
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     return result
-
-
-def _git_state() -> dict:
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "plans", "xas_callbacks", "endstation"],
-                               cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        return {"commit": commit, "dirty_code": bool(dirty)}
-    except Exception as exc:  # noqa: BLE001
-        return {"error": str(exc)}
 
 
 def plot_adaptive(result: dict, path: Path) -> None:
@@ -909,8 +833,12 @@ def main(argv=None) -> int:
     su = sub.add_parser("summarize", help="recompute the summaries, table and figure of a written "
                                           "adaptive_<model>.json from its per-sample rows (no rerun)")
     su.add_argument("json", type=Path)
+    bench_real.add_parsers(sub)
     args = parser.parse_args(argv)
     args.argv = argv
+    if args.command in ("real", "calibrate"):
+        os.environ.setdefault("MPLBACKEND", "Agg")
+        return bench_real.run(args)
     if args.command == "summarize":
         result = json.loads(args.json.read_text())
         result["heldout"], result["references_summary"] = _summaries(

@@ -116,9 +116,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i, item in enumerate(out["ranking"][: args.top]):
         print(f"{i + 1:3d}  {item['name']:<28s} p={item['probability']:.4f}  "
               f"logZ={item['log_evidence']:.2f}")
+    print(f"     {'none of these':<28s} p={res.p_none:.4f}")
     print(f"offset {res.offset_mean:+.2f} ± {res.offset_sd:.2f} eV, broadening "
           f"{res.broadening_mean:.2f} eV, entropy {res.entropy:.3f}, {res.n_points} points"
           + (f", {len(library.failures)} candidates failed" if library.failures else ""))
+    for warning in res.warnings:
+        print(f"warning: {warning}")
+    for name, note in (library.provenance.get("disorder") or {}).items():
+        print(f"note: {name} is disordered; approximated by {note.get('n_samples')} ordered samples "
+              f"({note.get('supercell')} supercell)")
     ver = None
     if args.verify_top > 0:
         ver = verify_top(eng, res, library, args.verify_top, absorber=absorber, edge=edge,

@@ -1,23 +1,18 @@
-"""Benchmark of the candidate ranking: speed, accuracy on simulated measurements of held-out
-computed spectra, and identification of real measured Cu references.
+"""Benchmark of the candidate ranking: speed and accuracy on simulated measurements of held-out
+computed spectra (real measured references: ``xas-bench real``).
 
 Writes ``benchmarks/results/ranking.json`` and PNG plots beside it. Run::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_ranking.py [--model cu-k] [--quick]
 
 1. Update time: one new point, 1,000 FEFF candidates, CPU (float64 and float32), split into the
-   sufficient-statistics update and the full posterior (ranking document); optionally a torch
-   version on GPU for 100,000 candidates (``--gpu``).
+   sufficient-statistics update and the full posterior (ranking document).
 2. Held-out computed spectra: the test split of ``models.readers.split_ids`` over the FEFF Cu
    materials. Each material's FEFF spectrum becomes a simulated transmission measurement
    (random common offset, Gaussian broadening, edge step, sloping background, realistic XANES
    energy grid, Poisson counts in I0 and It) that is normalised and ranked among the FEFF
    spectra of the whole test split (candidates = FEFF: an upper bound; with ``--model``:
    candidates = the predictor's spectra of the same structures, the realistic case).
-3. Real references (XASDataLibrary Cu: foil, CuO, Cu2S, CuS, azurite) ranked among the
-   computed spectra of Materials Project crystals whose formula matches a Cu mineral of AMCSD
-   (``larixite``), and among all FEFF materials; with ``--model``: among the predictor's spectra
-   of the AMCSD mineral CIFs themselves. A hit is a top candidate with the reference's formula.
 """
 
 from __future__ import annotations
@@ -35,9 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models.paths import CU_K_FEFF, XAS_DATA_LIBRARY, data_dir, user_data_dir  # noqa: E402
+from models.paths import CU_K_FEFF, data_dir  # noqa: E402
 from xas_callbacks.candidates import CandidateLibrary  # noqa: E402
-from endstation.measured import read_spectrum  # noqa: E402
 from endstation.modes import mu_from_counts  # noqa: E402
 from models.normalization import normalize  # noqa: E402
 from models.spectra import gaussian_broaden_uniform  # noqa: E402
@@ -45,34 +39,6 @@ from xas_callbacks.ranking import RankingConfig, RankingEngine, rank_spectrum  #
 
 RESULTS = ROOT / "benchmarks" / "results"
 SEED = 20241123
-
-REFERENCES = {  # file -> (mineral, formula)
-    "Cu_Foil_rt_2016Foils.xdi": ("copper", "Cu"),
-    "cu_metal_rt.xdi": ("copper", "Cu"),
-    "CuO_tenorite_13K_01.xdi": ("tenorite", "CuO"),
-    "Cu2S_13K_01.xdi": ("chalcocite", "Cu2S"),
-    "CuS_covellite_13K_01.xdi": ("covellite", "CuS"),
-    "Cu_azurite_13K_01.xdi": ("azurite", "Cu3(CO3)2(OH)2"),
-}
-MINERALS = ["copper", "cuprite", "tenorite", "paramelaconite", "chalcocite", "digenite",
-            "covellite", "bornite", "chalcopyrite", "azurite", "atacamite", "clinoatacamite",
-            "libethenite", "dioptase"]
-
-
-def _formulas(root: Path) -> dict[str, str]:
-    from pymatgen.core import Composition
-
-    out = {}
-    for d in sorted(os.scandir(root), key=lambda e: e.name):
-        poscar = Path(d.path) / "POSCAR"
-        if poscar.is_file():
-            line = poscar.read_text().splitlines()[0]
-            try:
-                out[d.name] = Composition(line).reduced_formula
-            except Exception:  # noqa: BLE001
-                pass
-    return out
-
 
 # ----------------------------------------------------------------------------- 1. speed
 SPEED_CONFIGS = {
@@ -125,40 +91,6 @@ def bench_speed(lib: CandidateLibrary, n_points: int = 150) -> dict:
         }
         print(f"speed {label}: {out[label]}", flush=True)
     return out
-
-
-def bench_gpu(lib: CandidateLibrary, n_candidates: int = 100_000, n_points: int = 150) -> dict:
-    """Per-point update of :class:`TorchRankingEngine` on CUDA with ``n_candidates`` (the FEFF
-    spectra repeated with small random perturbations)."""
-    try:
-        import torch
-    except ImportError as exc:
-        return {"available": False, "reason": f"torch: {exc}"}
-    if not torch.cuda.is_available():
-        return {"available": False, "reason": "no CUDA device on this machine"}
-    from xas_callbacks.ranking_torch import TorchRankingEngine
-
-    rng = np.random.default_rng(SEED)
-    reps = int(np.ceil(n_candidates / len(lib)))
-    mean = np.tile(lib.mean, (reps, 1))[:n_candidates]
-    mean = mean * rng.uniform(0.97, 1.03, (n_candidates, 1))
-    names = [f"c{i}" for i in range(n_candidates)]
-    t0 = time.perf_counter()
-    eng = TorchRankingEngine(names, lib.energies, mean, np.full_like(mean, 0.02), device="cuda")
-    build = time.perf_counter() - t0
-    E = rng.permutation(np.linspace(lib.energies[0] - 20, lib.energies[-1] - 15, n_points))
-    y = np.interp(E + 1.0, lib.energies, lib.mean[3]) + rng.normal(0, 0.01, E.size)
-    times = []
-    for k in range(E.size):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        eng.add_point(E[k], y[k], 1e-4)
-        eng.result()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return {"available": True, "device": torch.cuda.get_device_name(0), "n_candidates": n_candidates,
-            "build_s": build, "update_ms_median": 1e3 * float(np.median(times)),
-            "update_ms_mean": 1e3 * float(np.mean(times))}
 
 
 # ------------------------------------------------------------------ 2. held-out computed
@@ -238,95 +170,6 @@ def bench_heldout(lib: CandidateLibrary, test_ids: list[str], model: str | None,
     return out
 
 
-# ------------------------------------------------------------------------ 3. references
-def _mineral_cifs(outdir: Path) -> dict[str, Path]:
-    import larixite.amcsd as amcsd
-
-    db = amcsd.AMCSD(os.path.join(os.path.dirname(amcsd.__file__), "amcsd_cif1.db"), read_only=True)
-    outdir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for m in MINERALS:
-        found = db.find_cifs(mineral_name=m)
-        if not found:
-            continue
-        cif = found[0]
-        path = outdir / f"{m}.cif"
-        if not path.exists():
-            path.write_text(cif.ciftext)
-        paths[m] = path
-    return paths
-
-
-def bench_references(lib: CandidateLibrary, formulas: dict, model: str | None) -> dict:
-    from pymatgen.core import Composition, Structure
-
-    xdi = data_dir() / XAS_DATA_LIBRARY / "Cu"
-    cifs = _mineral_cifs(user_data_dir() / "amcsd_cu_minerals")
-    mineral_formula = {}
-    for m, p in cifs.items():
-        try:
-            mineral_formula[m] = Structure.from_file(str(p)).composition.reduced_formula
-        except Exception as exc:  # noqa: BLE001
-            mineral_formula[m] = f"unreadable: {exc}"
-    ref_formula = {f: Composition(v[1]).reduced_formula for f, v in REFERENCES.items()}
-    wanted = set(mineral_formula.values())
-    mineral_ids = [i for i in lib.names if formulas.get(i) in wanted]
-    sets = {"mp_minerals": lib.subset(mineral_ids), "mp_all": lib}
-    if model:
-        try:
-            sets[f"{model}_amcsd"] = CandidateLibrary.from_structures(
-                [str(p) for p in cifs.values()], model=model, names=list(cifs))
-        except Exception as exc:  # noqa: BLE001
-            sets[f"{model}_amcsd"] = f"{type(exc).__name__}: {exc}"
-    out = {"minerals": mineral_formula, "mp_mineral_candidates": {i: formulas[i] for i in mineral_ids},
-           "sets": {}}
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from xas_callbacks.plotting import plot_ranking
-
-    for label, cands in sets.items():
-        if isinstance(cands, str):
-            out["sets"][label] = {"error": cands}
-            continue
-        name_formula = (lambda n: mineral_formula.get(n)) if label.endswith("_amcsd") else formulas.get
-        per_ref = {}
-        fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-        for ax, (fname, (mineral, _)) in zip(axes.ravel(), REFERENCES.items()):
-            if not (xdi / fname).exists():
-                continue
-            spec = read_spectrum(xdi / fname)
-            eng, res, nm = rank_spectrum(spec, cands, RankingConfig(), e0=None)
-            f_true = ref_formula[fname]
-            present = any(name_formula(n) == f_true for n in cands.names)
-            top_f = [name_formula(n) for n in res.names[:3]]
-            per_ref[fname] = {
-                "true_formula": f_true, "true_in_candidates": present,
-                "top": [{"name": n, "formula": name_formula(n), "probability": float(p)}
-                        for n, p, _ in res.top(5)],
-                "top1_hit": bool(top_f[:1] == [f_true]), "top3_hit": f_true in top_f,
-                "offset_eV": res.offset_mean, "broadening_eV": res.broadening_mean,
-                "normalization": nm.method,
-            }
-            plot_ranking(eng, res, ax, top=3, title=f"{fname} [{label}]")
-        fig.tight_layout()
-        fig.savefig(RESULTS / f"ranking_references_{label}.png", dpi=90)
-        plt.close(fig)
-        scored = [v for v in per_ref.values() if v["true_in_candidates"]]
-        out["sets"][label] = {
-            "n_candidates": len(cands), "candidate_failures": dict(cands.failures) if label.endswith("_amcsd") else len(cands.failures),
-            "references": per_ref,
-            "n_scored": len(scored),
-            "top1": float(np.mean([v["top1_hit"] for v in scored])) if scored else None,
-            "top3": float(np.mean([v["top3_hit"] for v in scored])) if scored else None,
-        }
-        print(f"references [{label}]: n={len(scored)} top1 {out['sets'][label]['top1']} "
-              f"top3 {out['sets'][label]['top3']}", flush=True)
-    return out
-
-
 def plot_heldout(res: dict) -> None:
     import matplotlib
 
@@ -352,7 +195,6 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="predictor name (e.g. cu-k) for predicted candidates")
     p.add_argument("--quick", action="store_true", help="40 held-out queries only")
     p.add_argument("--skip-speed", action="store_true")
-    p.add_argument("--gpu", action="store_true", help="also time 100,000 candidates on CUDA")
     p.add_argument("--only-speed", action="store_true")
     p.add_argument("--out", default=str(RESULTS / "ranking.json"))
     args = p.parse_args(argv)
@@ -360,7 +202,6 @@ def main(argv=None) -> int:
     root = data_dir() / CU_K_FEFF
     t0 = time.time()
     lib = CandidateLibrary.from_feff(root)
-    formulas = _formulas(root)
     from models.readers import split_ids
 
     split = split_ids(lib.names)
@@ -375,14 +216,11 @@ def main(argv=None) -> int:
     }
     if not args.skip_speed:
         report["speed_cpu"] = bench_speed(lib)
-    report["speed_gpu"] = bench_gpu(lib) if args.gpu else {"available": None, "reason": "not asked (--gpu)"}
-    print(f"gpu: {report['speed_gpu']}", flush=True)
     if args.only_speed:
         Path(args.out).write_text(json.dumps(report, indent=1, default=str))
         return 0
     report["heldout"] = bench_heldout(lib, split["test"], args.model, args.quick)
     plot_heldout(report["heldout"])
-    report["references"] = bench_references(lib, formulas, args.model)
     report["wall_s"] = time.time() - t0
     Path(args.out).write_text(json.dumps(report, indent=1, default=lambda o: o.tolist()
                                          if isinstance(o, np.ndarray) else str(o)))

@@ -83,7 +83,9 @@ def read_spectrum(path, mode: str | None = None, group: str | None = None) -> di
     -------
     dict
         ``energy``, ``mu``, ``var`` (counting variance from raw counts, else estimated from
-        the data), ``mode`` (what was formed), ``source``, ``e0`` (from the header where given).
+        the data), ``mode`` (what was formed), ``source``, ``e0`` (from the header where given),
+        and ``reference`` (``energy``, ``mu``, ``var`` of the reference foil, ``ln(it/ir)``) where
+        the file has the foil channel.
     """
     path = Path(path)
     text_head = path.read_bytes()[:200]
@@ -124,8 +126,12 @@ def read_spectrum(path, mode: str | None = None, group: str | None = None) -> di
             mu, var, bad = mu_from_counts(want, i0=found["i0"], it=found["it"], ir=found["ir"],
                                           if_=found["if"])
             keep = ~bad
-            return {"energy": E[keep], "mu": mu[keep], "var": var[keep], "mode": want,
-                    "source": str(path), "e0": e0, "n_bad": int(bad.sum())}
+            out = {"energy": E[keep], "mu": mu[keep], "var": var[keep], "mode": want,
+                   "source": str(path), "e0": e0, "n_bad": int(bad.sum())}
+            if want != "reference" and found["it"] is not None and found["ir"] is not None:
+                ref, ref_var, ref_bad = mu_from_counts("reference", it=found["it"], ir=found["ir"])
+                out["reference"] = {"energy": E[~ref_bad], "mu": ref[~ref_bad], "var": ref_var[~ref_bad]}
+            return out
         mucol = next((k for k in cols if k.startswith("mu") or k == "xmu"), None)
         if mucol is None:
             raise ValueError(f"{path}: no i0/itrans/ifluor counts and no mu column in {list(cols)}")

@@ -15,7 +15,7 @@ import numpy as np
 
 from models.spectra import edge_position
 
-__all__ = ["Normalization", "normalize"]
+__all__ = ["Normalization", "normalize", "flattening", "flatten"]
 
 
 @dataclass
@@ -178,3 +178,30 @@ def _edge_of_points(energy: np.ndarray, mu: np.ndarray) -> float:
         return float(np.mean(unique))
     means = np.bincount(inverse, weights=mu) / np.bincount(inverse)
     return edge_position(unique, means, smooth_eV=0.0 if unique.size < 7 else 0.5)
+
+
+def flattening(energy, norm, e0: float, window: tuple[float, float], degree: int = 1):
+    """The post-edge polynomial (coefficients in ``E - e0``) that :func:`flatten` removes: a
+    robust fit of normalised ``norm`` over ``e0 + window``; None with too few points there."""
+    x = np.asarray(energy, dtype=float) - e0
+    y = np.asarray(norm, dtype=float)
+    sel = (x >= window[0]) & (x <= window[1]) & np.isfinite(y)
+    if sel.sum() < degree + 2:
+        return None
+    return _robust_line(x[sel], y[sel], degree)
+
+
+def flatten(energy, norm, e0: float, coefs) -> np.ndarray:
+    """``norm`` with the post-edge polynomial's curvature and slope removed above ``e0`` (as
+    Larch's ``flat``): ``norm - (P(E - e0) - P(0))`` for ``E > e0``; unchanged without ``coefs``.
+
+    Measured and computed spectra are flattened over the same window relative to their own edge
+    (:func:`flattening`), so a post-edge slope from self-absorption, detector drift or a
+    different normalisation range does not count as a difference between them.
+    """
+    norm = np.asarray(norm, dtype=float)
+    if coefs is None:
+        return norm.copy()
+    x = np.asarray(energy, dtype=float) - e0
+    poly = np.polynomial.polynomial.polyval(x, coefs) - coefs[0]
+    return norm - np.where(x > 0, poly, 0.0)

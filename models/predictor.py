@@ -222,6 +222,7 @@ class Predictor:
         batch_size: int = 256,
         on_error: str = "raise",
         progress: bool = False,
+        names: Sequence[str] | None = None,
     ) -> Prediction:
         """Predict the spectrum of each structure.
 
@@ -236,6 +237,9 @@ class Predictor:
             ``"skip"`` lists failures in :attr:`Prediction.failures` instead of raising.
         progress : bool
             Show a tqdm bar over structures.
+        names : sequence of str, optional
+            A unique name per structure, used in :attr:`Prediction.names` and ``failures``
+            (default: file stems, SMILES, formulas, made unique with ``#i``).
 
         Returns
         -------
@@ -250,6 +254,11 @@ class Predictor:
         if isinstance(structures, (str, Path)) or not isinstance(structures, Iterable) or hasattr(structures, "lattice") or hasattr(structures, "cart_coords"):
             structures = [structures]
         items = list(structures)
+        if names is not None:
+            names = [str(n) for n in names]
+            if len(names) != len(items) or len(set(names)) != len(names):
+                raise ValueError(f"names must be {len(items)} unique strings, one per structure")
+        given_names = names
         if progress:
             from tqdm.auto import tqdm
 
@@ -264,7 +273,7 @@ class Predictor:
         used: set[str] = set()
         for i, source in enumerate(items_iter):
             try:
-                label = structure_name(source)
+                label = given_names[i] if given_names is not None else structure_name(source)
             except Exception:  # noqa: BLE001 - naming must never hide the real error
                 label = f"structure {i}"
             name = label

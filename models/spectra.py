@@ -197,8 +197,9 @@ def match_peaks(true_peaks: np.ndarray, pred_peaks: np.ndarray) -> np.ndarray:
     return np.min(np.abs(true_peaks[:, None] - pred_peaks[None, :]), axis=1)
 
 
-def _gaussian_matrix(energy: np.ndarray, sigma: float, out: np.ndarray | None = None) -> np.ndarray:
-    """Row-normalised Gaussian kernel on a possibly uneven grid (trapezoid weights)."""
+def gaussian_kernel(energy: np.ndarray, sigma: float, out: np.ndarray | None = None) -> np.ndarray:
+    """Row-normalised Gaussian convolution matrix (sigma in eV) on a possibly uneven grid
+    (trapezoid weights): ``kernel @ mu`` is ``mu`` broadened."""
     out = energy if out is None else out
     widths = np.gradient(energy)
     kernel = np.exp(-0.5 * ((out[:, None] - energy[None, :]) / sigma) ** 2) * widths[None, :]
@@ -220,7 +221,7 @@ def gaussian_broaden(energy: np.ndarray, mu: np.ndarray, fwhm_eV: float) -> np.n
     if fwhm_eV == 0:
         return mu.copy()
     sigma = fwhm_eV * FWHM_TO_SIGMA
-    return mu @ _gaussian_matrix(energy, sigma).T
+    return mu @ gaussian_kernel(energy, sigma).T
 
 
 def gaussian_broaden_uniform(mu: np.ndarray, step: float, fwhm: float) -> np.ndarray:
@@ -301,6 +302,27 @@ def edge_energy(element: str, edge: str) -> float:
         known = ", ".join(sorted(edges))
         raise ValueError(f"unknown edge {edge!r} for element {symbol!r}; xraydb knows: {known}")
     return float(edges[match].energy)
+
+
+def edge_half_height(energy, mu, level: float = 0.5) -> float:
+    """Edge energy as the first rise of normalised ``mu`` through ``level`` (half the edge step),
+    interpolated linearly; NaN when the points never cross it.
+
+    Unlike :func:`edge_position` (the derivative's maximum) it needs no dense data, so it serves
+    sparse live points too, and it does not jump between a pre-edge shoulder and the white line.
+    Points may come in any order; a crossing must hold for the next two points (a noise spike
+    is not an edge).
+    """
+    energy = np.asarray(energy, dtype=float)
+    mu = np.asarray(mu, dtype=float)
+    ok = np.isfinite(energy) & np.isfinite(mu)
+    order = np.argsort(energy[ok], kind="stable")
+    e, m = energy[ok][order], mu[ok][order]
+    above = m >= level
+    for i in range(1, e.size):
+        if above[i] and not above[i - 1] and above[i:i + 3].all():
+            return float(e[i - 1] + (level - m[i - 1]) * (e[i] - e[i - 1]) / (m[i] - m[i - 1]))
+    return float("nan")
 
 
 def spectrum_metrics(

@@ -45,15 +45,15 @@ def _looks_like_path(text: str) -> bool:
     return suffix in known or _is_poscar_name(path) or os.path.exists(text)
 
 
-def _check_ordered(structure: Structure | Molecule, where: str) -> Structure | Molecule:
-    if not structure.is_ordered:
+def _check_ordered(structure: Structure | Molecule, where: str, allow_disordered: bool = False) -> Structure | Molecule:
+    if not structure.is_ordered and not allow_disordered:
         disordered = [
             f"site {i} ({site.species})" for i, site in enumerate(structure) if not site.is_ordered
         ]
         raise StructureError(
             f"{where}: disordered structure (partial occupancy at {', '.join(disordered[:5])}"
-            f"{', ...' if len(disordered) > 5 else ''}); order it first (e.g. pymatgen "
-            "OrderDisorderedStructureTransformation) -- spectra of disordered sites are not supported"
+            f"{', ...' if len(disordered) > 5 else ''}); candidate libraries approximate it by ordered "
+            "samples (models.disorder.ordered_samples); order it yourself for a single structure"
         )
     if len(structure) == 0:
         raise StructureError(f"{where}: structure has no atoms")
@@ -162,7 +162,7 @@ def _read_json(path: Path) -> Structure | Molecule:
     )
 
 
-def read_structure_file(path: str | os.PathLike) -> Structure | Molecule:
+def read_structure_file(path: str | os.PathLike, *, allow_disordered: bool = False) -> Structure | Molecule:
     """Read a CIF, POSCAR/CONTCAR/``*.vasp``, XYZ or pymatgen-JSON file.
 
     Parameters
@@ -174,7 +174,8 @@ def read_structure_file(path: str | os.PathLike) -> Structure | Molecule:
     Raises
     ------
     StructureError
-        The file is missing, of unknown type, unparsable or disordered.
+        The file is missing, of unknown type, unparsable, or disordered (unless
+        ``allow_disordered``: partially occupied crystals are then returned as read).
     """
     path = Path(path)
     if not path.is_file():
@@ -193,7 +194,7 @@ def read_structure_file(path: str | os.PathLike) -> Structure | Molecule:
             f"{path}: unknown structure file type {suffix or path.name!r}; expected .cif, "
             "POSCAR/CONTCAR/.vasp, .xyz or pymatgen .json"
         )
-    return _check_ordered(structure, str(path))
+    return _check_ordered(structure, str(path), allow_disordered)
 
 
 def molecule_from_smiles(smiles: str, seed: int = SMILES_EMBED_SEED) -> Molecule:
@@ -231,7 +232,7 @@ def molecule_from_smiles(smiles: str, seed: int = SMILES_EMBED_SEED) -> Molecule
     return Molecule(species, coords, charge=Chem.GetFormalCharge(mol), properties={"smiles": smiles})
 
 
-def load_structure(source: StructureLike) -> Structure | Molecule:
+def load_structure(source: StructureLike, *, allow_disordered: bool = False) -> Structure | Molecule:
     """A pymatgen ``Structure`` or ``Molecule`` from an object, a file or a SMILES string.
 
     Parameters
@@ -251,20 +252,20 @@ def load_structure(source: StructureLike) -> Structure | Molecule:
     ------
     StructureError
         With the file (and line where known) or the SMILES, and what went wrong; also for
-        disordered (partially occupied) structures.
+        disordered (partially occupied) structures unless ``allow_disordered``.
     """
     if isinstance(source, (Structure, IStructure)):
-        return _check_ordered(Structure.from_sites(source), f"structure {source.formula}")
+        return _check_ordered(Structure.from_sites(source), f"structure {source.formula}", allow_disordered)
     if isinstance(source, (Molecule, IMolecule)):
-        return _check_ordered(Molecule.from_sites(source), f"molecule {source.formula}")
+        return _check_ordered(Molecule.from_sites(source), f"molecule {source.formula}", allow_disordered)
     if isinstance(source, os.PathLike):
-        return read_structure_file(source)
+        return read_structure_file(source, allow_disordered=allow_disordered)
     if isinstance(source, str):
         text = source.strip()
         if not text:
             raise StructureError("empty string is neither a structure file nor a SMILES")
         if _looks_like_path(text):
-            return read_structure_file(text)
+            return read_structure_file(text, allow_disordered=allow_disordered)
         return molecule_from_smiles(text)
     raise StructureError(
         f"cannot load a structure from {type(source).__name__}; give a pymatgen Structure or "

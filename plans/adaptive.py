@@ -45,6 +45,9 @@ __all__ = ["adaptive_xas_plan", "DecisionRecorder", "seed_energies", "DEFAULT_SE
 #: model's uncertainty counted: the stop reason says the sample may be none of the candidates.
 MISFIT_REDUCED_CHI2 = 4.0
 
+#: Above this probability of "none of the candidates", the stop reason says so.
+NONE_WARNING = 0.3
+
 #: Seed set, relative to E0 unless noted: normalisation anchors below and above the edge, and
 #: ``coarse_points`` evenly over the energy range the model predicts.
 DEFAULT_SEED: dict[str, Any] = {"pre_edge": [-60.0, -30.0], "post_edge": [150.0], "coarse_points": 8}
@@ -66,6 +69,7 @@ class DecisionRecorder(Device):
     top_probability = Cpt(TypedSignal, value=0.0, kind="hinted")
     entropy = Cpt(TypedSignal, value=0.0)
     top_reduced_chi2 = Cpt(TypedSignal, value=0.0)
+    p_none = Cpt(TypedSignal, value=0.0, kind="hinted")
     offset_eV = Cpt(TypedSignal, value=0.0)
     broadening_eV = Cpt(TypedSignal, value=0.0)
     ranking_names = Cpt(TypedSignal, value=[""], dtype_numpy="<U64")
@@ -93,6 +97,7 @@ class DecisionRecorder(Device):
             "top_probability": float(ranked[0]["probability"]) if ranked else 0.0,
             "entropy": float(ranking.get("entropy", nan)),
             "top_reduced_chi2": float(ranking.get("top_reduced_chi2", nan)),
+            "p_none": float(ranking.get("p_none", nan)),
             "offset_eV": float(ranking.get("offset_eV", nan)),
             "broadening_eV": float(ranking.get("broadening_eV", nan)),
             "ranking_names": _padded([r["name"] for r in ranked], self.top, ""),
@@ -363,9 +368,10 @@ def adaptive_xas_plan(
         stop, why = agent.should_stop()
         why = why or _budget_spent(n_taken, max_points, beam_time_s, max_beam_time_s)
         chi2 = float(ranking.get("top_reduced_chi2", np.nan))
-        if why and chi2 > MISFIT_REDUCED_CHI2:
-            why += (f"; but the leading candidate fits poorly (chi^2 per reading {chi2:.1f}): "
-                    "the sample may be none of the candidates")
+        p_none = float(ranking.get("p_none", 0.0))
+        if why and (p_none > NONE_WARNING or chi2 > MISFIT_REDUCED_CHI2):
+            why += (f"; but the sample may be none of the candidates (p_none {p_none:.2f}, the leading "
+                    f"candidate's chi^2 per reading {chi2:.1f})")
         if stop or why:
             return Decision("stop", why)
         chosen = agent.suggest(batch_size)

@@ -57,7 +57,7 @@ def ranking_from_event(data: Mapping) -> dict:
     """The ranking dict of one event of an ``xas-ranking`` run's ``ranking`` stream.
 
     Keys: ``ranking`` (list of ``name``, ``probability``, ``log_evidence``), ``offset_eV``,
-    ``broadening_eV``, ``entropy``, ``top_reduced_chi2``, ``n_points`` (readings the posterior
+    ``broadening_eV``, ``entropy``, ``top_reduced_chi2``, ``p_none``, ``warnings``, ``n_points`` (readings the posterior
     used), ``n_events`` (the raw event it answers, ``raw_seq_num``) and the reading itself:
     ``energy``, ``mu``, ``mu_sigma``.
     """
@@ -76,6 +76,8 @@ def ranking_from_event(data: Mapping) -> dict:
         "broadening_eV": float(data.get("broadening", 0.0)),
         "entropy": float(data.get("entropy", nan)),
         "top_reduced_chi2": float(data.get("top_reduced_chi2", nan)),
+        "p_none": float(data.get("p_none", 0.0)),
+        "warnings": str(data.get("warnings", "") or ""),
         "n_points": int(data.get("n_points", 0)),
         "n_events": int(data.get("raw_seq_num", data.get("n_points", 0))),
         "energy": float(data.get("energy", nan)),

@@ -334,7 +334,7 @@ def test_the_decision_stream_reads_back_as_numbers_and_strings(library, catalog)
     energies = stream["decision_next_energies"].read()
     assert names.dtype.kind == "U" and names.shape[1] == 10
     assert names[-1][0] == library.names[2]
-    assert probabilities.dtype.kind == "f" and probabilities[-1][0] > 0.9
+    assert probabilities.dtype.kind == "f" and probabilities[-1][0] > 0.5
     actions = list(stream["decision_action"].read())
     assert actions[-1] == "stop" and "measure" in actions
     assert energies.dtype.kind == "f"

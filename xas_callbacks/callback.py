@@ -13,7 +13,9 @@ the points so far, updates the posterior over candidates and publishes one event
 provenance and the ranking settings (with the usable energy window); stream ``ranking`` with one
 event per usable reading (the reading's energy, mu and its sigma; top-k names, probabilities and
 log-evidences; offset, broadening, entropy, the leader's chi^2 per reading, ``n_points`` used and
-the ``raw_seq_num`` of the raw event it answers). Whoever needs the ranking -- the catalog, the
+the ``raw_seq_num`` of the raw event it answers; ``p_none``, the probability that the sample is
+none of the candidates; the offset prior in use, which the data set once the edge is measured;
+and warnings such as an offset posterior at the end of its grid). Whoever needs the ranking -- the catalog, the
 adaptive plan's feed, a 0MQ publisher -- subscribes to these documents
 (:meth:`XASRankingCallback.subscribe`); nobody reaches into the callback.
 
@@ -32,16 +34,19 @@ import itertools
 import logging
 import math
 from collections import Counter, OrderedDict
+from dataclasses import asdict
 from typing import Callable
 
 import numpy as np
 from event_model import DocumentRouter, RunRouter, compose_run, unpack_event_page
 
 from endstation.modes import MODE_ROLES, mu_from_counts
-from models.normalization import Normalization, normalize
+from models.normalization import Normalization, flatten, flattening, normalize
+from models.spectra import edge_half_height
+from models.jsonable import to_jsonable
 from models.provenance import software_version
 from xas_callbacks.candidates import CandidateLibrary
-from xas_callbacks.ranking import RankingConfig, RankingEngine, RankingResult, ranking_tables
+from xas_callbacks.ranking import RankingConfig, RankingEngine, RankingResult, data_offset_prior, ranking_tables
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +109,11 @@ class XASRankingCallback(RunRouter):
     use_larch : bool
         Use :func:`larch.xafs.pre_edge` for the live normalisation once enough points exist.
     dtype : numpy dtype
-        Precision of the ranking engine's per-point arithmetic (float32 default: half the
-        memory traffic; totals are kept in float64, see :class:`RankingEngine`).
+        Precision of the candidate tables (float32 default: half the memory traffic).
+    foil : CandidateLibrary, "auto" or None
+        The model's spectrum of the absorber's metal, for the energy calibration from the
+        reference-foil channel (:mod:`xas_callbacks.foil`); "auto": predicted with the library's
+        model where it names one; None: the offset prior comes from the edges only.
     """
 
     def __init__(
@@ -122,6 +130,7 @@ class XASRankingCallback(RunRouter):
         renorm_growth: float = 1.25,
         use_larch: bool = False,
         dtype=np.float32,
+        foil="auto",
     ) -> None:
         super().__init__([self._make_run])
         self.library = library
@@ -138,6 +147,7 @@ class XASRankingCallback(RunRouter):
         self.renorm_growth = float(renorm_growth)
         self.use_larch = bool(use_larch)
         self.dtype = dtype
+        self.foil = foil
         self.counts: Counter = Counter()  # over the lifetime of the callback
         self.runs: OrderedDict[str, RankingRun] = OrderedDict()  # the latest ones, by raw uid
         self._subscribers: dict[int, Subscriber] = {}
@@ -238,6 +248,21 @@ class XASRankingCallback(RunRouter):
         else:
             self.counts["unknown_descriptor"] += n
 
+    def foil_for(self, library: CandidateLibrary, element: str | None):
+        """The metal spectrum the reference foil is calibrated against, for ``library``'s runs."""
+        if self.foil != "auto":
+            return self.foil
+        model = library.provenance.get("model")
+        if not element or not model or str(model).endswith("computed") or model == "synthetic":
+            return None
+        from xas_callbacks.foil import foil_library
+
+        try:
+            return foil_library(element, str(model))
+        except Exception as exc:  # noqa: BLE001 -- no foil calibration, the edges still give a prior
+            logger.warning("XASRankingCallback: no metal spectrum for the foil calibration (%s)", exc)
+            return None
+
     # ----------------------------------------------------------------- access
     def ranks(self, library: CandidateLibrary) -> bool:
         """Whether a run with ``library``'s candidates in its start document gets them ranked:
@@ -292,9 +317,10 @@ class RankingRun(DocumentRouter):
         self.library = library
         self.mode = mode
         self.top_k = min(owner.top_k, len(library))
-        self.engine = RankingEngine(tables=ranking_tables(
+        self.engine = RankingEngine(config=owner.config, tables=ranking_tables(
             library.names, library.energies, library.mean, library.std, owner.config, dtype=owner.dtype))
         self.normalization: Normalization | None = None
+        self._flattening = None  # (edge, post-edge polynomial) applied to the readings
         self.latest_ranking: RankingResult | None = None
         self.history: list[dict] = []
         self.summary: dict = {}
@@ -310,6 +336,8 @@ class RankingRun(DocumentRouter):
         self._E: list[float] = []
         self._mu: list[float] = []
         self._var: list[float] = []
+        self._ref: tuple[list, list, list] = ([], [], [])  # the reference foil's readings
+        self._foil_prior = None  # the offset prior from the foil, once it is measured
         self._compose = None
         self._rank_desc = None
         self._last_time = None
@@ -323,6 +351,7 @@ class RankingRun(DocumentRouter):
         self.run_start = doc
         self.xas = doc["xas"]
         self.open = True
+        self.foil = self.owner.foil_for(self.library, self.xas.get("element"))
         self._open_analysis_run(doc)
 
     def descriptor(self, doc):
@@ -384,6 +413,7 @@ class RankingRun(DocumentRouter):
         mu, var, bad = mu_from_counts(
             self.mode, i0=counts.get("i0"), it=counts.get("it"), ir=counts.get("ir"), if_=counts.get("if"),
         )
+        self._take_reference(energy, data, roles)
         if bad[0]:
             self.count("bad_i0" if self.mode != "reference" and not (counts["i0"] > 0) else "bad_counts")
             return
@@ -393,6 +423,26 @@ class RankingRun(DocumentRouter):
         self.count("points")
         self._last_time = ev.get("time")
         self._update(ev)
+
+    def _take_reference(self, energy: float, data: dict, roles: dict) -> None:
+        """Keep the reference foil's reading (``ln(it/ir)``) where the run has the channel."""
+        if self.foil is None or self._foil_prior is not None or not {"it", "ir"} <= set(roles):
+            return
+        it, ir = _as_float(data.get(roles["it"])), _as_float(data.get(roles["ir"]))
+        mu, var, bad = mu_from_counts("reference", it=it, ir=ir)
+        if not bad[0]:
+            for store, value in zip(self._ref, (energy, float(mu[0]), float(var[0]))):
+                store.append(value)
+
+    def _offset_prior(self, E, y):
+        """The offset prior from the reference foil once it is measured, else from the edges."""
+        if self._foil_prior is None and self.foil is not None and len(self._ref[0]) >= 10:
+            from xas_callbacks.foil import foil_offset_prior
+
+            self._foil_prior = foil_offset_prior(*map(np.asarray, self._ref), self.foil, self.owner.config)
+        if self._foil_prior is not None:
+            return self._foil_prior
+        return data_offset_prior(E, y, self.library.energies, self.library.mean)
 
     def _update(self, ev: dict) -> None:
         eng = self.engine
@@ -410,12 +460,16 @@ class RankingRun(DocumentRouter):
             self.normalization = new
             self._n_at_norm = n
             y, v = new.apply(E, np.asarray(self._mu), np.asarray(self._var))
+            y = self._flatten(E, y, refit=True)
+            prior = self._offset_prior(E, y)
+            if prior is not None and not np.allclose(prior, eng.offset_prior, atol=0.25):
+                eng.set_offset_prior(*prior)
             eng.rebuild(E, y, v)
             if n > 1:
                 self.count("renormalizations")
         else:
             y, v = self.normalization.apply(E[-1:], np.asarray(self._mu[-1:]), np.asarray(self._var[-1:]))
-            eng.add_point(E[-1], y[0], v[0])
+            eng.add_point(E[-1], self._flatten(E[-1:], y)[0], v[0])
         self.run_counts["outside_model_range"] = eng.n_outside
         res = eng.result()
         if eng.n_points:
@@ -429,6 +483,17 @@ class RankingRun(DocumentRouter):
         self._emit_ranking(res, ev)
         self._draw("update")
 
+    def _flatten(self, energy, y, refit: bool = False) -> np.ndarray:
+        """Normalised readings flattened as the candidates were; the flattening is refitted with
+        the normalisation and applied unchanged to the readings in between."""
+        window = self.engine.tables.flat_window
+        if refit:
+            edge = edge_half_height(energy, y) if window is not None else float("nan")
+            self._flattening = (edge, flattening(energy, y, edge, window)) if np.isfinite(edge) else None
+        if self._flattening is None:
+            return np.asarray(y, dtype=float)
+        return flatten(energy, y, *self._flattening)
+
     # ------------------------------------------------------------ analysis run
     def _open_analysis_run(self, raw_start: dict) -> None:
         cfg, eng = self.owner.config, self.engine
@@ -437,13 +502,9 @@ class RankingRun(DocumentRouter):
             "parent_uid": raw_start.get("uid"),
             "provenance": library_provenance(self.library),
             "ranking_config": {
+                **to_jsonable(asdict(cfg)),
                 "offsets_eV": [float(eng.offsets[0]), float(eng.offsets[-1]),
                                float(eng.offsets[1] - eng.offsets[0]) if eng.offsets.size > 1 else 0.0],
-                "offset_prior": [cfg.offset_prior_mean, cfg.offset_prior_sd],
-                "broadenings_eV": [float(b) for b in eng.broadenings],
-                "amplitude_prior": list(cfg.amplitude_prior),
-                "background_prior": list(cfg.background_prior),
-                "model_floor": cfg.model_floor,
                 "window_eV": [float(w) for w in eng.window],
                 "top_k": self.top_k,
                 "mode": self.mode,
@@ -471,6 +532,10 @@ class RankingRun(DocumentRouter):
             "broadening": number("eV"),
             "entropy": number(),
             "top_reduced_chi2": number(),
+            "p_none": number(),
+            "offset_prior_mean": number("eV"),
+            "offset_prior_sd": number("eV"),
+            "warnings": {"source": "xas-ranking", "dtype": "string", "shape": [], "dtype_numpy": "<U400"},
             "n_points": {"source": "xas-ranking", "dtype": "integer", "shape": [], "dtype_numpy": "<i8"},
             "raw_seq_num": {"source": "xas-ranking", "dtype": "integer", "shape": [], "dtype_numpy": "<i8"},
         }
@@ -501,6 +566,10 @@ class RankingRun(DocumentRouter):
             "broadening": float(res.broadening_mean),
             "entropy": float(res.entropy),
             "top_reduced_chi2": float(res.top_reduced_chi2),
+            "p_none": float(res.p_none),
+            "offset_prior_mean": float(self.engine.offset_prior[0]),
+            "offset_prior_sd": float(self.engine.offset_prior[1]),
+            "warnings": "; ".join(res.warnings)[:400],
             "n_points": int(res.n_points),
             "raw_seq_num": int(ev.get("seq_num") or 0),
         }

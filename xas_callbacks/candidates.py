@@ -39,7 +39,7 @@ __all__ = ["CandidateLibrary", "candidate_set_sha256", "STRUCTURE_SUFFIXES", "re
 
 STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".xyz", ".json", ".mol", ".sdf")
 _SITE_DIR = re.compile(r"^(\d+)_([A-Z][a-z]?)$")
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: disordered crystals averaged over ordered samples
 
 
 def candidate_set_sha256(items: Sequence) -> str:
@@ -367,27 +367,34 @@ class CandidateLibrary:
                 if all(s is None for s in lib.sources):  # cached before sources were kept
                     lib.sources = [source_by_name.get(n) for n in lib.names]
                 return lib
-        res = pred.predict(items, batch_size=batch_size, on_error="skip")
-        # successes keep input order in res.names, failures in res.failures: merge by label
+        flat, owner, disorder = _expand_disordered(items, names)
+        res = pred.predict(flat, batch_size=batch_size, on_error="skip",
+                           names=[f"{name} [{k}]" for k, name in enumerate(owner)])
+        predicted = dict(zip(res.names, range(len(res.names))))
         failures: dict[str, str] = {}
-        out_names, rows = [], []
-        k = 0
-        fail_iter = iter(res.failures.items())
-        for i, (item, name) in enumerate(zip(items, names)):
-            label = _predictor_label(item, i)
-            if k < len(res.names) and res.names[k] in (label, f"{label} #{i}"):
+        out_names, mean, std = [], [], []
+        for name in names:
+            rows = [predicted.get(f"{n} [{k}]") for k, n in enumerate(owner) if n == name]
+            if rows and all(r is not None for r in rows):
                 out_names.append(name)
-                rows.append(k)
-                k += 1
-            else:
-                _, reason = next(fail_iter, (None, "no prediction returned"))
-                failures[name] = str(reason)
-        mean = res.mean[rows] if rows else np.zeros((0, res.energies.size))
-        std = res.std[rows] if rows else np.zeros((0, res.energies.size))
+                mean.append(res.mean[rows].mean(axis=0))
+                std.append(res.std[rows].mean(axis=0))  # errors of one model: fully correlated
+                continue
+            reasons = [res.failures.get(f"{n} [{k}]") for k, n in enumerate(owner) if n == name]
+            failures[name] = disorder.get(name, {}).get("error") or next(
+                (r for r in reasons if r), "no prediction returned")
+        mean = np.array(mean) if mean else np.zeros((0, res.energies.size))
+        std = np.array(std) if std else np.zeros((0, res.energies.size))
+        if disorder:
+            approximated = {n: d for n, d in disorder.items() if "error" not in d}
+            if approximated:
+                logger.warning("%d disordered candidate(s) approximated by ordered samples: %s",
+                               len(approximated), ", ".join(approximated))
         lib = cls(out_names, res.energies, mean, std, failures, {
             "model": pred.name, "weights_sha256": pred.weights_sha256,
             "candidates_sha256": cand_sha, "source": source,
             "element": getattr(pred, "element", None), "edge": getattr(pred, "edge", None),
+            "disorder": {n: d for n, d in disorder.items() if "error" not in d},
         }, [source_by_name[n] for n in out_names])
         if key is not None:
             lib.save(_cache_dir() / f"{key[:32]}.npz")
@@ -484,6 +491,41 @@ class CandidateLibrary:
                        json.loads(str(z["failures"])), json.loads(str(z["provenance"])), sources)
 
 
+def _expand_disordered(items: list, names: list[str]) -> tuple[list, list[str], dict]:
+    """The items for the predictor, each disordered crystal replaced by its ordered samples
+    (:func:`models.disorder.ordered_samples`), the candidate each flat item belongs to, and a
+    note per disordered candidate (or its ``error``)."""
+    from models.disorder import ordered_samples
+    from models.structures import StructureError, load_structure
+
+    flat, owner, notes = [], [], {}
+    for item, name in zip(items, names):
+        samples = [item]
+        if _may_be_disordered(item):
+            try:
+                structure = load_structure(item, allow_disordered=True)
+                if hasattr(structure, "lattice") and not structure.is_ordered:
+                    samples, notes[name] = ordered_samples(structure, seed=_stable_seed(name))
+            except (StructureError, OSError):
+                pass  # the predictor reports it with the others
+            except Exception as exc:  # noqa: BLE001 -- listed as this candidate's failure, never dropped
+                notes[name] = {"error": f"disordered structure could not be sampled: {type(exc).__name__}: {exc}"}
+        flat.extend(samples)
+        owner.extend([name] * len(samples))
+    return flat, owner, notes
+
+
+def _may_be_disordered(item) -> bool:
+    """Crystals given as CIF/JSON files or Structure objects (POSCAR, XYZ and SMILES are ordered)."""
+    if hasattr(item, "lattice"):
+        return True
+    return isinstance(item, (str, os.PathLike)) and Path(str(item)).suffix.lower() in (".cif", ".mcif", ".json")
+
+
+def _stable_seed(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
+
+
 def _source_of(item):
     """What :attr:`CandidateLibrary.sources` keeps for one input item: an existing file as its
     absolute path, another string (SMILES) as given, a pymatgen object as its ``as_dict()``."""
@@ -502,16 +544,6 @@ def _feff_poscar(folder: Path, material_id: str) -> str | None:
     """The material's ``POSCAR`` in a FEFF materials folder (absolute), or None."""
     p = Path(folder) / material_id / "POSCAR"
     return str(p.resolve()) if p.is_file() else None
-
-
-def _predictor_label(item, i: int) -> str:
-    """The label the predictor gives ``item`` (models.structures.structure_name)."""
-    try:
-        from models.structures import structure_name
-
-        return structure_name(item)
-    except Exception:  # noqa: BLE001
-        return f"structure {i}"
 
 
 def _dedupe(names: list[str]) -> list[str]:

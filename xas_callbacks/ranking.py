@@ -3,21 +3,29 @@
 For candidate ``c`` with predicted normalised spectrum ``m_c(E)`` and model 1-sigma ``s_c(E)``,
 measured points ``(E_i, y_i)`` with counting variance ``sigma_i^2`` are modelled as::
 
-    y_i = a * m_c(E_i + dE; w) + b + n_i,   n_i ~ N(0, sigma_i^2 + s_c(E_i + dE; w)^2 + floor^2)
+    y_i = a * m_c(E_i + dE; w) + b + delta(E_i) + n_i,   n_i ~ N(0, sigma_i^2 + floor^2)
 
+* ``delta`` -- the theory-experiment discrepancy, CORRELATED over energy: constant within
+  blocks of ``discrepancy_block_eV`` of measured energy, independent between blocks, with
+  variance ``tau^2 + s_c^2`` (a discrepancy level ``tau`` plus the model's own calibrated
+  variance at the block). A systematic error shared by many readings of one feature is counted
+  once per block, not once per reading, so three hundred readings do not multiply it into
+  certainty. ``tau`` takes a few levels (``discrepancy_sd``), marginalised like the nuisances;
+  the last level, much wider (``none_sd``, prior ``none_prior``), is the alternative that the
+  sample is *none* of the candidates but resembles them: its posterior mass is ``p_none``.
 * ``dE`` -- ONE energy-calibration offset shared by all candidates (a grid with a Gaussian
-  prior, marginalised numerically). A per-candidate shift would erase chemical shifts.
-* ``w`` -- extra Gaussian broadening FWHM shared by all candidates (a small grid, marginalised
-  numerically).
-* ``a, b`` -- amplitude (edge-step scale) and background, Gaussian priors, marginalised
-  analytically (closed-form linear-Gaussian evidence).
+  prior, marginalised numerically; the prior is set from the data, see
+  :func:`data_offset_prior`). A per-candidate shift would erase chemical shifts.
+* ``w`` -- extra Gaussian broadening FWHM of the candidates, shared (a small grid, marginalised).
+* ``a, b`` -- amplitude (edge-step scale) and background, Gaussian priors; they and every block's
+  discrepancy are marginalised analytically (closed-form linear-Gaussian evidence).
 
-Everything is vectorised over (candidate, broadening, offset) cells. The spectra are resampled
-once onto a uniform fine grid of step ``h``; offsets are integer multiples of ``h`` so that, for
-one measured point, the shifted spectra of all offsets are a strided view of that grid. Each
-new point updates seven sufficient statistics per cell, so an update is O(cells), independent of
-the number of points already seen. The arithmetic is plain float64 numpy in a fixed order:
-the same points in the same order give bit-identical results.
+Everything is vectorised over (level, broadening, offset, candidate) cells. The spectra are
+resampled once onto a uniform fine grid of step ``h``; offsets are integer multiples of ``h`` so
+that, for one measured point, the shifted spectra of all offsets are a strided view of that grid.
+A new point changes three sums per cell, one block sum and, per level, three block-marginalised
+sums (only its own block's term changes), so an update is O(cells), independent of the number
+of points already seen. The same points in the same order give the same results.
 """
 
 from __future__ import annotations
@@ -29,11 +37,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.normalization import normalize
-from models.spectra import gaussian_broaden_uniform
+from models.normalization import flatten, flattening, normalize
+from models.spectra import edge_half_height, gaussian_broaden_uniform
+from xas_callbacks.likelihood import LOG2PI, add_reading, log_evidence, posterior_sums
 
 __all__ = [
     "rank_spectrum",
+    "data_offset_prior",
     "RankingConfig",
     "RankingResult",
     "RankingEngine",
@@ -41,8 +51,6 @@ __all__ = [
     "ranking_tables",
     "linear_gaussian_log_evidence",
 ]
-
-LOG2PI = float(np.log(2.0 * np.pi))
 
 
 @dataclass(frozen=True)
@@ -54,16 +62,40 @@ class RankingConfig:
     offset_min, offset_max, offset_step
         Grid of the common calibration offset dE (eV); measured E corresponds to model E + dE.
         ``offset_step`` is rounded to a multiple of ``grid_step``; the grid always holds
-        ``offset_min`` rounded down to a multiple of ``grid_step``.
+        ``offset_min`` rounded down to a multiple of ``grid_step``. The range covers absolute
+        energy errors of computed spectra of +-15 eV and more around the data's own estimate.
     offset_prior_mean, offset_prior_sd
-        Gaussian prior of dE (eV). A reference-foil measurement or the model card narrows it.
+        Gaussian prior of dE (eV) until the data set one (:func:`data_offset_prior`).
     broadenings
-        Extra Gaussian broadening FWHM values (eV), marginalised with ``broadening_prior``
-        (None: uniform).
+        Extra Gaussian broadening FWHM values (eV) of the candidates, marginalised with
+        ``broadening_prior`` (None: uniform).
     amplitude_prior, background_prior
         (mean, sd) of the Gaussian priors on ``a`` and ``b`` (normalised units).
-    model_floor
-        1-sigma model-misfit floor added in quadrature to every point (normalised units).
+    model_floor, model_white
+        The white (uncorrelated within a block) part of the misfit, added in quadrature to every
+        reading's counting noise: a constant 1-sigma (normalised units) and a fraction of the
+        candidates' typical (median) model 1-sigma at the reading's energy.
+    discrepancy_block_eV
+        Width (eV of measured energy) of the blocks within which the discrepancy is one value:
+        its correlation length.
+    discrepancy_sd, discrepancy_prior
+        1-sigma levels of the discrepancy when the sample IS the candidate (normalised units; the
+        candidate's own calibrated model variance is added to each), marginalised with their
+        prior weights (None: equal).
+    temperature
+        The log evidences are divided by it (1: none): what the block model leaves of the
+        correlation of the misfit between blocks is absorbed here.
+    none_sd, none_prior, none_gamma
+        "None of the candidates" is an explicit alternative: the sample's spectrum is a
+        candidate's plus a wide discrepancy of 1-sigma ``none_sd`` (a spectrum of the same
+        family that the library lacks), with prior probability ``none_prior``; ``none_gamma``
+        adds half the excess of the cell's misfit ``D^2`` over the number of readings (``D^2``
+        is chi-square distributed with that many degrees of freedom when the cell is the truth)
+        to its evidence, so that a misfit beyond the typical one counts for the alternative.
+    flatten
+        Flatten measured and computed spectra alike (:func:`models.normalization.flatten`): the
+        same post-edge polynomial removed over the same window relative to each one's own edge
+        (from 30 eV above it to the end of the candidates' grid).
     extrapolation_sd
         Extra 1-sigma where a shifted model is evaluated outside its own energy range (it is
         extended with its end values there).
@@ -72,26 +104,53 @@ class RankingConfig:
     pre_pad
         How far (eV) below the model grid a measured point may lie and still be used.
     full_every, prune_eps
-        Between full evaluations (every ``full_every`` points) the posterior is evaluated only
-        on offsets/broadenings that held more than ``prune_eps`` of the maximum mass at the last
-        full one, plus two cells each side (see :meth:`RankingEngine.result`). 1: always full.
+        Full evaluations happen when the number of points has doubled since the last one, at
+        least every ``full_every`` points, and whenever posterior mass reaches the edge of the
+        active window. In between, only the offsets and broadenings that held more than
+        ``prune_eps`` of the maximum mass at the last full evaluation (plus two cells each side),
+        and the candidates above ``prune_eps`` of the leader (at least the 32 leading ones), are
+        updated and evaluated; the others catch up at the next full evaluation. 1: always full.
+
+    The discrepancy and offset settings were chosen on validation data (README, "How the ranking
+    treats real measurements").
     """
 
-    offset_min: float = -12.0
-    offset_max: float = 12.0
+    offset_min: float = -20.0
+    offset_max: float = 20.0
     offset_step: float = 0.5
     offset_prior_mean: float = 0.0
-    offset_prior_sd: float = 6.0
+    offset_prior_sd: float = 8.0
     broadenings: tuple[float, ...] = (0.0, 1.5, 3.0, 4.5, 6.0)
     broadening_prior: tuple[float, ...] | None = None
     amplitude_prior: tuple[float, float] = (1.0, 0.5)
     background_prior: tuple[float, float] = (0.0, 0.5)
-    model_floor: float = 0.03
+    model_floor: float = 0.01
+    model_white: float = 0.5
+    discrepancy_block_eV: float = 6.0
+    discrepancy_sd: tuple[float, ...] = (0.02, 0.06)
+    discrepancy_prior: tuple[float, ...] | None = None
+    temperature: float = 1.0
+    none_sd: float = 0.1
+    none_prior: float = 0.1
+    none_gamma: float = 0.0
+    flatten: bool = True
     extrapolation_sd: float = 0.05
     grid_step: float = 0.5
-    pre_pad: float = 40.0
-    full_every: int = 25
+    pre_pad: float = 20.0
+    full_every: int = 100
     prune_eps: float = 1e-10
+
+    @property
+    def levels(self) -> np.ndarray:
+        """Discrepancy 1-sigma of every level, "none of these" last."""
+        return np.array(list(self.discrepancy_sd) + [self.none_sd], dtype=float)
+
+    @property
+    def log_prior_levels(self) -> np.ndarray:
+        """Log prior of every level: the candidate levels share ``1 - none_prior``."""
+        k = len(self.discrepancy_sd)
+        w = np.ones(k) if self.discrepancy_prior is None else np.asarray(self.discrepancy_prior, dtype=float)
+        return np.log(np.append((1.0 - self.none_prior) * w / w.sum(), self.none_prior))
 
 
 @dataclass
@@ -114,6 +173,17 @@ class RankingResult:
     #: chi^2 per reading of the leading candidate's best fit (noise, model std and floor as
     #: variance): about 1 when it explains the readings, much more when no candidate does.
     top_reduced_chi2: float = float("nan")
+    #: probability that the sample is none of the candidates (``probabilities`` sum to 1 - p_none)
+    p_none: float = 0.0
+    #: posterior of the discrepancy levels (``RankingConfig.levels``), "none of these" last
+    level_posterior: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    #: what the caller should know: e.g. the offset posterior reaching the end of its grid
+    warnings: list[str] = field(default_factory=list)
+    #: Gaussian FWHM (eV) the measurement was broadened with because it was sharper than the
+    #: candidates (high-energy-resolution fluorescence); 0 when it was not
+    measurement_broadening_eV: float = 0.0
+    #: the offset prior in use: mean and sd (eV) and where it came from ("foil", "edges", "config")
+    offset_prior: tuple = (0.0, 0.0, "config")
 
     def top(self, k: int = 5) -> list[tuple[str, float, float]]:
         """The first ``k`` (name, probability, log-evidence)."""
@@ -142,6 +212,11 @@ class RankingResult:
             "entropy": float(self.entropy),
             "n_points": int(self.n_points),
             "top_reduced_chi2": float(self.top_reduced_chi2),
+            "p_none": float(self.p_none),
+            "measurement_broadening_eV": float(self.measurement_broadening_eV),
+            "offset_prior": {"mean_eV": float(self.offset_prior[0]), "sd_eV": float(self.offset_prior[1]),
+                             "from": str(self.offset_prior[2])},
+            "warnings": list(self.warnings),
         }
 
 
@@ -194,6 +269,27 @@ def linear_gaussian_log_evidence(
     )
 
 
+#: A measurement whose edge rises within this fraction of the candidates' typical 20-80 % rise
+#: is treated as sharper than them (HERFD); the models' own predictions are smoother than FEFF's,
+#: so ordinary transmission data must not count.
+HERFD_RISE_RATIO = 0.5
+
+#: Gaussian FWHM (eV) a measurement sharper than the candidates may be broadened with.
+MEASUREMENT_BROADENINGS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+
+#: Where the flattening window starts above the edge (eV), as Larch's default ``norm1``.
+FLATTEN_FROM_EV = 30.0
+
+#: 1-sigma (eV) of aligning two edges of different shape at half height (data_offset_prior).
+OFFSET_ALIGNMENT_SD = 3.0
+
+#: Width (eV) over which a candidate's first value decays into the pre-edge below its grid.
+PRE_EDGE_DECAY_EV = 2.0
+
+#: Candidates always evaluated between full evaluations, however small their posterior.
+MIN_ACTIVE_CANDIDATES = 32
+
+
 class RankingTables:
     """The candidates' spectra prepared for ranking: immutable, shared by every run that ranks
     the same candidates with the same settings (see :func:`ranking_tables`).
@@ -224,6 +320,16 @@ class RankingTables:
             raise ValueError("candidate energies must increase strictly")
         self.energies = energies
         N = len(self.names)
+        #: post-edge window (eV above each spectrum's own edge) over which measured and computed
+        #: spectra are flattened alike; None: not flattened
+        self.flat_window = None
+        if cfg.flatten and N:
+            edges = np.array([edge_half_height(energies, m) for m in mean])
+            span = float(np.nanmedian(energies[-1] - edges)) - 5.0 if np.isfinite(edges).any() else 0.0
+            if span > FLATTEN_FROM_EV + 10.0:
+                self.flat_window = (FLATTEN_FROM_EV, span)
+                mean = np.array([flatten(energies, m, e, flattening(energies, m, e, self.flat_window))
+                                 if np.isfinite(e) else m for m, e in zip(mean, edges)])
         h = float(cfg.grid_step)
         stride = max(1, int(round(cfg.offset_step / h)))
         k_lo = int(np.floor(cfg.offset_min / h))
@@ -247,6 +353,11 @@ class RankingTables:
         for i in range(N):  # np.interp extends with end values
             mfine[i] = np.interp(self.grid, energies, mean[i])
             vfine[i] = np.interp(self.grid, energies, std[i])
+        # Below the model's grid a normalised spectrum is its pre-edge: the first value decays to
+        # zero over PRE_EDGE_DECAY_EV (a grid that starts at the foot of the edge, as cu-k's does,
+        # would otherwise continue the edge foot flat into the pre-edge).
+        below = self.grid < energies[0]
+        mfine[:, below] *= np.exp(-0.5 * ((self.grid[below] - energies[0]) / PRE_EDGE_DECAY_EV) ** 2)[None, :]
         vfine = vfine**2 + np.where(outside, cfg.extrapolation_sd**2, 0.0)[None, :]
         # (W, G, N): candidates innermost, so every per-cell array is (W, O, N)
         self.M = np.empty((W, G, N), dtype=dtype)
@@ -254,6 +365,8 @@ class RankingTables:
         for j, fw in enumerate(self.broadenings):
             self.M[j] = gaussian_broaden_uniform(mfine, h, fw).T
             self.V[j] = gaussian_broaden_uniform(vfine, h, fw).T
+        #: the candidates' median model variance (no extra broadening) on the fine grid
+        self.median_var = np.median(self.V[0], axis=1).astype(float)
         # differences to the next grid point, for one-multiply linear interpolation
         self.dM = np.zeros_like(self.M)
         self.dM[:, :-1] = np.diff(self.M, axis=1)
@@ -281,6 +394,12 @@ _TABLES: OrderedDict = OrderedDict()
 _TABLES_LOCK = threading.Lock()
 
 
+#: The settings the tables depend on; the rest (discrepancy, floor, priors of a and b) only act
+#: at ranking time, so configurations that differ in those share tables.
+TABLE_SETTINGS = ("offset_min", "offset_max", "offset_step", "offset_prior_mean", "offset_prior_sd", "broadenings",
+                  "broadening_prior", "flatten", "extrapolation_sd", "grid_step", "pre_pad")
+
+
 def ranking_tables(names, energies, mean, std=None, config: RankingConfig | None = None,
                    log_prior=None, dtype=np.float64, *, max_cached: int = 2) -> RankingTables:
     """The :class:`RankingTables` of these candidates, built once and shared, keyed by content.
@@ -290,7 +409,8 @@ def ranking_tables(names, energies, mean, std=None, config: RankingConfig | None
     changed library never gets a stale one. The ``max_cached`` most recent sets are kept.
     """
     config = config or RankingConfig()
-    digest = hashlib.sha256(repr((tuple(map(str, names)), config, np.dtype(dtype).str)).encode())
+    table_settings = tuple(getattr(config, name) for name in TABLE_SETTINGS)
+    digest = hashlib.sha256(repr((tuple(map(str, names)), table_settings, np.dtype(dtype).str)).encode())
     for array in (energies, mean, std, log_prior):
         if array is not None:
             digest.update(np.ascontiguousarray(np.asarray(array, dtype=float)).tobytes())
@@ -330,7 +450,8 @@ class RankingEngine:
         rounding; float32 halves memory and time, accumulating 16-point blocks in float32 that
         are flushed into float64 totals (log-evidence then good to ~1e-2).
     tables : RankingTables, optional
-        Prepared tables (e.g. from :func:`ranking_tables`) instead of the arrays above.
+        Prepared tables (e.g. from :func:`ranking_tables`) instead of the arrays above; ``config``
+        may then differ from theirs in the settings that act at ranking time only.
     """
 
     def __init__(
@@ -348,7 +469,9 @@ class RankingEngine:
         if tables is None:
             tables = RankingTables(names, energies, mean, std, config, log_prior, dtype)
         self.tables = t = tables
-        self.config = t.config
+        self.config = config if config is not None else t.config
+        if any(getattr(self.config, name) != getattr(t.config, name) for name in TABLE_SETTINGS):
+            raise ValueError("config and tables disagree on the settings the tables were built with")
         self.names = list(t.names)
         self.offsets, self.broadenings, self.grid, self.window = t.offsets, t.broadenings, t.grid, t.window
         self._stride, self._g0, self._h = t.stride, t.g0, t.h
@@ -356,6 +479,7 @@ class RankingEngine:
         self._log_prior_offset = t.log_prior_offset
         self._log_prior_broadening = t.log_prior_broadening
         self._log_prior_cand = t.log_prior_candidates
+        self.offset_prior = (t.config.offset_prior_mean, t.config.offset_prior_sd)
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -363,30 +487,61 @@ class RankingEngine:
     def n_candidates(self) -> int:
         return len(self.names)
 
-    def reset(self) -> None:
-        """Forget all points."""
+    def reset(self, keep_window: bool = False) -> None:
+        """Forget all points (``keep_window``: keep updating only the cells the last posterior
+        found alive, as :meth:`rebuild` does; the others catch up at the next full evaluation)."""
         W, _, N = self._M.shape
-        O = self.offsets.size
-        # stats: Sw, Sm, Smm, Sy, Smy, Syy, Slogw
-        self._S = np.zeros((7, W, O, N))
-        if self._M.dtype == np.float64:
-            self._Sblock = self._S
-            self._flush_every = 1 << 62
-        else:  # low-precision partial sums over short blocks, flushed into float64 totals
-            self._Sblock = np.zeros((7, W, O, N), dtype=self._M.dtype)
-            self._flush_every = 16
-        self._n_block = 0
-        self._buf = [np.empty((W, O, N), dtype=self._M.dtype) for _ in range(4)]
+        O, L = self.offsets.size, self.config.levels.size
+        self._S = np.zeros((W, O, N, 3))  # sum w m, sum w m^2, sum w m y
+        self._Q = np.zeros((W, O, N, L, 3))  # block-marginalised sums, see xas_callbacks.likelihood
+        self._T: dict[int, np.ndarray] = {}  # block -> sum over its readings of w m, per cell
+        self._F: dict[int, float] = {}  # block -> sum w
+        self._Fy: dict[int, float] = {}  # block -> sum w y
+        self._P: dict[int, np.ndarray] = {}  # block -> prior precision of its discrepancy, (L, N)
+        self._shared = np.zeros((L, 3, N))  # sum_k F^2/B, F Fy/B, Fy^2/B per level and candidate
+        self._logdet = np.zeros((L, N))  # sum_k log(B_k / P_k)
+        self._S0 = self._Sy = self._Syy = self._Slogw = 0.0
+        self._readings: list[tuple] = []  # what add_reading needs, to bring stale cells up to date
+        if not keep_window or getattr(self, "_active", None) is None:
+            self._live = (0, W, 0, O, np.arange(N))
+            self._active = None
+        self._stale_from = 0  # readings from here on are missing in the cells outside _live
         self.n_points = 0
         self.n_outside = 0
-        self._active = None
         self._pts_E: list[float] = []
         self._pts_y: list[float] = []
         self._pts_v: list[float] = []
 
+    def set_offset_prior(self, mean: float, sd: float) -> None:
+        """Centre the Gaussian prior of the common offset on ``mean`` eV with ``sd`` (e.g. from
+        :func:`data_offset_prior`); the sufficient statistics are unchanged."""
+        if not (np.isfinite(mean) and np.isfinite(sd) and sd > 0):
+            raise ValueError(f"offset prior needs a finite mean and a positive sd, got {mean}, {sd}")
+        lp = -0.5 * ((self.offsets - mean) / sd) ** 2
+        self._log_prior_offset = lp - _logsumexp(lp)
+        self.offset_prior = (float(mean), float(sd))
+        self._active = None
+
     def in_window(self, energy: float) -> bool:
         """Whether a measured energy can be compared with the models for every offset."""
         return bool(self.window[0] <= energy <= self.window[1])
+
+    def block_of(self, energy: float) -> int:
+        """The discrepancy block of a measured energy."""
+        return int(np.floor((energy - self.window[0]) / self.config.discrepancy_block_eV))
+
+    def _block_precision(self, block: int) -> np.ndarray:
+        """Prior precision (L, N) of a block's discrepancy: 1 / (level^2 + the candidate's model
+        variance at the block's centre, read at the prior's offset)."""
+        cfg = self.config
+        centre = self.window[0] + (block + 0.5) * cfg.discrepancy_block_eV + self.offset_prior[0]
+        return 1.0 / (cfg.levels[:, None] ** 2 + self._variance_at(centre)[None, :])
+
+    def _variance_at(self, energy: float) -> np.ndarray:
+        """The candidates' model variance (no extra broadening) at model energy ``energy``."""
+        pos = min(max((energy - self._g0) / self._h, 0.0), self._V.shape[1] - 1.0)
+        j = min(int(pos), self._V.shape[1] - 2)
+        return np.asarray(self._V[0, j] + (pos - j) * self._dV[0, j], dtype=float)
 
     def add_point(self, energy: float, y: float, var: float) -> bool:
         """Add one measured point (normalised ``y`` with variance ``var``).
@@ -403,48 +558,37 @@ class RankingEngine:
             return False
         pos = (energy + self.offsets[0] - self._g0) / self._h
         j = int(np.floor(pos))
-        dt = self._M.dtype.type
-        t = dt(pos - j)
-        s = self._stride
-        sl = slice(j, j + s * (self.offsets.size - 1) + 1, s)
-        m, v, w, tmp = self._buf
-        np.multiply(self._dM[:, sl], t, out=m)
-        m += self._M[:, sl]
-        np.multiply(self._dV[:, sl], t, out=v)
-        v += self._V[:, sl]
-        v += dt(var + self.config.model_floor**2)
-        np.reciprocal(v, out=w)
-        S = self._Sblock
-        yy = dt(y)
-        S[0] += w
-        np.multiply(w, yy, out=tmp)
-        S[3] += tmp
-        tmp *= yy
-        S[5] += tmp
-        np.multiply(w, m, out=tmp)  # w m
-        S[1] += tmp
-        m *= tmp  # w m^2
-        S[2] += m
-        tmp *= yy  # w m y
-        S[4] += tmp
-        np.log(w, out=w)
-        S[6] += w
-        self._n_block += 1
-        if self._n_block >= self._flush_every:
-            self._flush()
+        cfg = self.config
+        typical = np.interp(energy + self.offset_prior[0], self.grid, self.tables.median_var)
+        w = 1.0 / (var + cfg.model_floor**2 + cfg.model_white**2 * typical)
+        k = self.block_of(energy)
+        if k not in self._T:
+            self._T[k] = np.zeros(self._S.shape[:3])
+            self._F[k] = self._Fy[k] = 0.0
+            self._P[k] = self._block_precision(k)
+        P = self._P[k]
+        f_old, fy_old = self._F[k], self._Fy[k]
+        f_new, fy_new = f_old + w, fy_old + w * y
+        inv_old, inv_new = 1.0 / (f_old + P), 1.0 / (f_new + P)
+        coef = np.stack([inv_new, inv_old, f_new * inv_new, f_old * inv_old, fy_new * inv_new, fy_old * inv_old], axis=1)
+        reading = (j, float(pos - j), w, y, k, coef)
+        add_reading(self._M, self._dM, j, reading[1], self._stride, w, y, self._S, self._T[k], self._Q, coef,
+                    *self._live)
+        self._readings.append(reading)
+        self._shared[:, 0] += f_new * f_new * inv_new - f_old * f_old * inv_old
+        self._shared[:, 1] += f_new * fy_new * inv_new - f_old * fy_old * inv_old
+        self._shared[:, 2] += fy_new * fy_new * inv_new - fy_old * fy_old * inv_old
+        self._logdet += np.log(f_new + P) - np.log(f_old + P)
+        self._F[k], self._Fy[k] = f_new, fy_new
+        self._S0 += w
+        self._Sy += w * y
+        self._Syy += w * y * y
+        self._Slogw += np.log(w)
         self.n_points += 1
         self._pts_E.append(energy)
         self._pts_y.append(y)
         self._pts_v.append(var)
         return True
-
-    def _flush(self) -> None:
-        if self._Sblock is self._S:
-            self._n_block = 0
-            return
-        self._S += self._Sblock
-        self._Sblock[...] = 0
-        self._n_block = 0
 
     def add_points(self, energy, y, var) -> int:
         """Add several points in order; returns the number used."""
@@ -455,8 +599,24 @@ class RankingEngine:
 
     def rebuild(self, energy, y, var) -> int:
         """Replace all points (e.g. after a re-normalisation); same result as adding in order."""
-        self.reset()
+        self.reset(keep_window=True)
         return self.add_points(energy, y, var)
+
+    def _catch_up(self) -> None:
+        """Bring the cells outside the live region up to date: replay the readings they missed."""
+        W, O, N = self._S.shape[:3]
+        b_lo, b_hi, o_lo, o_hi, live = self._live
+        every, others = np.arange(N), np.setdiff1d(np.arange(N), live)
+        stale = [r for r in ((0, b_lo, 0, O, every), (b_hi, W, 0, O, every), (b_lo, b_hi, 0, o_lo, every),
+                             (b_lo, b_hi, o_hi, O, every), (b_lo, b_hi, o_lo, o_hi, others))
+                 if r[0] < r[1] and r[2] < r[3] and r[4].size]
+        if stale:
+            for j, t, w, y, k, coef in self._readings[self._stale_from:]:
+                for region in stale:
+                    add_reading(self._M, self._dM, j, t, self._stride, w, y, self._S, self._T[k], self._Q, coef,
+                                *region)
+        self._live = (0, W, 0, O, every)
+        self._stale_from = len(self._readings)
 
     @property
     def points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -465,28 +625,32 @@ class RankingEngine:
 
     # --------------------------------------------------------------- posterior
     def log_evidence_cells(self, sl_b: slice = slice(None), sl_o: slice = slice(None)) -> np.ndarray:
-        """log p(y | c, dE, w) for every cell, shape (N, W, O) (or the sub-grid given)."""
-        return np.moveaxis(self._log_evidence_won(sl_b, sl_o), -1, 0)
+        """log p(y | level, c, w, dE) for every cell, shape (L, N, W, O) (or the sub-grid given)."""
+        self._catch_up()
+        b = range(self.broadenings.size)[sl_b]
+        o = range(self.offsets.size)[sl_o]
+        out = log_evidence(self._S, self._Q, self._shared_effective(), self._logdet, float(self.n_points),
+                           float(self._Slogw), self._ab_priors(), b.start, b.stop, o.start, o.stop)
+        return np.moveaxis(out, -1, 1)
 
-    def _log_evidence_won(self, sl_b: slice, sl_o: slice) -> np.ndarray:
-        """As :meth:`log_evidence_cells`, laid out (W, O, N)."""
-        cfg = self.config
-        S = self._S[:, sl_b, sl_o]
-        if self._Sblock is not self._S and self._n_block:
-            S = S + self._Sblock[:, sl_b, sl_o]  # float64 totals + open float32 block
-        return linear_gaussian_log_evidence(
-            S[0], S[1], S[2], S[3], S[4], S[5], S[6], self.n_points,
-            cfg.amplitude_prior, cfg.background_prior,
-        )
+    def _shared_effective(self) -> np.ndarray:
+        return np.stack([self._S0 - self._shared[:, 0], self._Sy - self._shared[:, 1],
+                         self._Syy - self._shared[:, 2]], axis=1)
+
+    def _ab_priors(self) -> np.ndarray:
+        (ma, sa), (mb, sb) = self.config.amplitude_prior, self.config.background_prior
+        return np.array([ma, sa**-2, mb, sb**-2])
 
     def _need_full(self) -> bool:
         act = self._active
         if act is None or self.config.full_every <= 1:
             return True
-        return self.n_points - act["at"] >= self.config.full_every or act["edge_mass"] > 1e-7
+        since = self.n_points - act["at"]
+        return since >= min(self.config.full_every, max(act["at"], 1)) or act["edge_mass"] > 1e-7
 
     def result(self, full: bool | None = None) -> RankingResult:
-        """The posterior over candidates, offset and broadening given the points so far.
+        """The posterior over candidates (and "none of these"), offset and broadening given the
+        points so far.
 
         Parameters
         ----------
@@ -500,37 +664,43 @@ class RankingEngine:
         if full is None:
             full = self._need_full()
         if full:
+            self._catch_up()
             sl_b, sl_o = slice(0, self.broadenings.size), slice(0, self.offsets.size)
         else:
             sl_b, sl_o = self._active["b"], self._active["o"]
-        logZ_c, cell = self._evidence_and_cells(sl_b, sl_o)
-        return self._posterior(logZ_c, cell, full, sl_b, sl_o)
+        return self._posterior(*self._evidence_and_cells(sl_b, sl_o, full), full, sl_b, sl_o)
 
-    def _evidence_and_cells(self, sl_b: slice, sl_o: slice) -> tuple[np.ndarray, np.ndarray]:
-        """Log evidence of each candidate, marginalised over the (broadening, offset) cells in
-        ``sl_b, sl_o``, and the (unnormalised) posterior mass of each cell summed over the
-        candidates: the heavy part of :meth:`result`, one exp pass over (W, O, N)."""
-        L = self._log_evidence_won(sl_b, sl_o)  # (W, O, N)
-        L += (self._log_prior_offset[sl_o][None, :] + self._log_prior_broadening[sl_b][:, None])[:, :, None]
-        N = L.shape[-1]
-        flat = L.reshape(-1, N)
-        mx = flat.max(axis=0)
-        mx = np.where(np.isfinite(mx), mx, 0.0)
-        ex = np.exp(flat - mx[None, :])
-        logZ_c = np.log(ex.sum(axis=0)) + mx
-        total = _logsumexp(logZ_c + self._log_prior_cand)
-        # cell posterior = ex * exp(mx + prior_c - total), summed over candidates
-        scale = np.exp(mx + self._log_prior_cand - total)
-        cell = (ex * scale[None, :]).sum(axis=1).reshape(L.shape[:2])  # (W, O)
-        return logZ_c, cell
+    def _evidence_and_cells(self, sl_b: slice, sl_o: slice, full: bool):
+        """From the cells in ``sl_b, sl_o`` (and, unless ``full``, the active candidates): each
+        candidate's log evidence marginalised over the candidate levels and the cells, the log
+        evidence (with candidate priors) of "none of these", the log normalising sum, and the
+        posterior mass of each (level, broadening, offset) cell."""
+        cfg = self.config
+        lp_ln = cfg.log_prior_levels[:, None] + self._log_prior_cand[None, :]
+        cands = np.arange(len(self.names)) if full else self._active["n"]
+        lz, total_evaluated, mass = posterior_sums(
+            self._S, self._Q, self._shared_effective(), self._logdet, float(self.n_points), float(self._Slogw),
+            self._ab_priors(), self._log_prior_broadening, self._log_prior_offset, lp_ln,
+            1.0 / cfg.temperature, cfg.none_gamma, sl_b.start, sl_b.stop, sl_o.start, sl_o.stop, cands)
+        if full:
+            self._lz_full = lz
+        else:  # candidates pruned at the last full evaluation keep its (negligible) evidence
+            pruned = np.ones(lz.shape[1], dtype=bool)
+            pruned[cands] = False
+            lz[:, pruned] = self._lz_full[:, pruned]
+        lz = lz + cfg.log_prior_levels[:, None]
+        logZ_c = _logsumexp(lz[:-1], axis=0)
+        logZ_none = _logsumexp(lz[-1] + self._log_prior_cand)
+        total = _logsumexp(np.append(logZ_c + self._log_prior_cand, logZ_none))
+        return logZ_c, logZ_none, total, mass * np.exp(total_evaluated - total)
 
-    def _posterior(self, logZ_c: np.ndarray, cell: np.ndarray, full: bool, sl_b: slice,
-                   sl_o: slice) -> RankingResult:
+    def _posterior(self, logZ_c, logZ_none, total, mass, full: bool, sl_b: slice, sl_o: slice) -> RankingResult:
         """The :class:`RankingResult` from :meth:`_evidence_and_cells`' output."""
         offsets = self.offsets[sl_o]
         broadenings = self.broadenings[sl_b]
-        joint = logZ_c + self._log_prior_cand
-        post = np.exp(joint - _logsumexp(joint))
+        post = np.exp(logZ_c + self._log_prior_cand - total)
+        p_none = float(np.exp(logZ_none - total))
+        cell = mass.sum(axis=0)
         p_off_act = cell.sum(axis=0)
         p_b_act = cell.sum(axis=1)
         p_off_act = p_off_act / p_off_act.sum()
@@ -539,8 +709,9 @@ class RankingEngine:
         p_off[sl_o] = p_off_act
         p_b = np.zeros(self.broadenings.size)
         p_b[sl_b] = p_b_act
+        levels = mass.sum(axis=(1, 2))
         if full:
-            self._set_active(p_b, p_off)
+            self._set_active(p_b, p_off, post)
         else:
             self._active["edge_mass"] = float(
                 (p_off_act[0] if sl_o.start > 0 else 0.0)
@@ -552,6 +723,12 @@ class RankingEngine:
         order = np.lexsort((np.arange(post.size), -post))  # stable, deterministic ties
         nz = post[post > 0]
         entropy = float(-np.sum(nz * np.log(nz)))
+        warnings = []
+        if self.n_points and p_off[[0, -1]].max() > 0.01:
+            end = "upper" if p_off[-1] > p_off[0] else "lower"
+            warnings.append(f"the calibration offset's posterior reaches the {end} end of its grid "
+                            f"[{self.offsets[0]:+.1f}, {self.offsets[-1]:+.1f}] eV: the data ask for a "
+                            f"larger offset (widen RankingConfig.offset_min/offset_max)")
         return RankingResult(
             names=[self.names[i] for i in order],
             probabilities=post[order],
@@ -566,9 +743,12 @@ class RankingEngine:
             n_points=self.n_points,
             offset_posterior=p_off,
             broadening_posterior=p_b,
+            p_none=p_none,
+            level_posterior=levels / levels.sum(),
+            warnings=warnings,
         )
 
-    def _set_active(self, p_b: np.ndarray, p_off: np.ndarray) -> None:
+    def _set_active(self, p_b: np.ndarray, p_off: np.ndarray, post: np.ndarray) -> None:
         eps, margin = self.config.prune_eps, 2
 
         def window(p):
@@ -577,7 +757,13 @@ class RankingEngine:
                 return slice(0, p.size)
             return slice(max(int(idx[0]) - margin, 0), min(int(idx[-1]) + margin + 1, p.size))
 
-        self._active = {"b": window(p_b), "o": window(p_off), "at": self.n_points, "edge_mass": 0.0}
+        top = np.argsort(post, kind="stable")[::-1][:MIN_ACTIVE_CANDIDATES]
+        cands = np.union1d(np.flatnonzero(post > eps * post.max()), top).astype(np.int64)
+        self._active = {"b": window(p_b), "o": window(p_off), "n": cands, "at": self.n_points, "edge_mass": 0.0}
+        # from here on only the cells of the active window are kept up to date per reading
+        b, o = self._active["b"], self._active["o"]
+        self._live = (b.start, b.stop, o.start, o.stop, cands)
+        self._stale_from = len(self._readings)
 
     def model_at(self, index: int, energy, offset: float, broadening: float):
         """Candidate ``index`` mean and 1-sigma at measured ``energy`` for a given offset and
@@ -627,9 +813,104 @@ def _logsumexp(x: np.ndarray, axis=None) -> np.ndarray:
     return np.squeeze(out, axis=axis)
 
 
+def flatten_like_candidates(energy, y, tables: RankingTables) -> np.ndarray:
+    """Normalised readings flattened as the candidates were (same window above the edge, here the
+    readings' own half-height edge); unchanged while the edge or the window has too few points."""
+    if tables.flat_window is None:
+        return np.asarray(y, dtype=float)
+    edge = edge_half_height(energy, y)
+    if not np.isfinite(edge):
+        return np.asarray(y, dtype=float)
+    return flatten(energy, y, edge, flattening(energy, y, edge, tables.flat_window))
+
+
+def rise_width(energy, y) -> float:
+    """Energy from 20 % to 80 % of the edge step on the first rise: how sharp an edge is."""
+    return edge_half_height(energy, y, 0.8) - edge_half_height(energy, y, 0.2)
+
+
+def sharper_measurement_broadening(energy, y, model_energies, model_mean) -> float:
+    """The Gaussian FWHM (eV, from :data:`MEASUREMENT_BROADENINGS`) that brings a measurement
+    whose edge rises more steeply than the candidates' (high-energy-resolution fluorescence,
+    HERFD) to their typical rise; 0 for a measurement as broad as them or broader, where the
+    candidates are broadened instead (the ranking's broadening nuisance)."""
+    measured = rise_width(energy, y)
+    typical = np.nanmedian([rise_width(model_energies, m) for m in np.atleast_2d(model_mean)])
+    if not (np.isfinite(measured) and np.isfinite(typical)) or measured >= HERFD_RISE_RATIO * typical:
+        return 0.0
+    from models.spectra import gaussian_broaden
+
+    widths = [rise_width(energy, gaussian_broaden(energy, y, fwhm)) for fwhm in MEASUREMENT_BROADENINGS]
+    return float(MEASUREMENT_BROADENINGS[int(np.nanargmin(np.abs(np.asarray(widths) - typical)))])
+
+
+def broaden_readings(energy, y, var, fwhm: float):
+    """Readings (sorted by energy) convolved with a Gaussian of ``fwhm`` eV, and the variance
+    that leaves of their counting noise."""
+    from models.spectra import FWHM_TO_SIGMA, gaussian_kernel
+
+    energy = np.asarray(energy, dtype=float)
+    kernel = gaussian_kernel(energy, fwhm * FWHM_TO_SIGMA)
+    return kernel @ np.asarray(y, dtype=float), (kernel**2) @ np.asarray(var, dtype=float)
+
+
+def data_offset_prior(energy, y, model_energies, model_mean, alignment_sd: float = OFFSET_ALIGNMENT_SD,
+                      search_eV: float = 20.0):
+    """The common offset's prior from the data: the shift that best lines the readings up with
+    the candidates, or None while the readings do not hold the edge yet (none below half the
+    step and two above it).
+
+    Each candidate is shifted over +-``search_eV`` (0.5 eV steps) against the readings, with a
+    least-squares scale and background at each shift (the readings may be few and uneven);
+    ``mean`` is the median of the candidates' best shifts, ``sd`` combines ``alignment_sd`` (how
+    far spectra of different shape misalign) with the spread of those shifts (chemical shifts:
+    the true one is somewhere among them). Pre-edge peaks (the pi* resonances of K-edges of light
+    elements) do not confuse it as a half-height criterion would. Returns ``(mean, sd)`` in eV
+    (measured E + offset = model E).
+    """
+    energy, y = np.asarray(energy, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(energy) & np.isfinite(y)
+    energy, y = energy[ok], y[ok]
+    if (y < 0.5).sum() < 1 or (y > 0.5).sum() < 2:
+        return None
+    mean = np.atleast_2d(np.asarray(model_mean, dtype=float))
+    shifts = np.arange(-search_eV, search_eV + 1e-9, 0.5)
+    cost = np.full((shifts.size, mean.shape[0]), np.inf)
+    for i, s in enumerate(shifts):
+        sel = (energy + s >= model_energies[0]) & (energy + s <= model_energies[-1])
+        if sel.sum() < 4:
+            continue
+        at = energy[sel] + s
+        j = np.clip(np.searchsorted(model_energies, at) - 1, 0, model_energies.size - 2)
+        t = (at - model_energies[j]) / (model_energies[j + 1] - model_energies[j])
+        x = mean[:, j] * (1.0 - t) + mean[:, j + 1] * t  # (N, n): every candidate at once
+        yy = y[sel]
+        n = yy.size
+        sx, sy, sxx, sxy = x.sum(1), yy.sum(), (x * x).sum(1), x @ yy
+        det = n * sxx - sx * sx
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = (n * sxy - sx * sy) / det
+            b = (sy - a * sx) / n
+            sse = (yy @ yy) - 2 * (a * sxy + b * sy) + a * a * sxx + 2 * a * b * sx + n * b * b
+        cost[i] = np.where((a > 0) & np.isfinite(sse), sse / n, np.inf)
+    usable = np.isfinite(cost).any(axis=0)
+    if not usable.any():
+        return None
+    best = shifts[np.argmin(cost[:, usable], axis=0)]
+    best = np.asarray(best)
+    spread = 1.4826 * np.median(np.abs(best - np.median(best))) if best.size > 2 else np.ptp(best) / 2
+    return float(np.median(best)), float(np.hypot(alignment_sd, spread))
+
+
 def rank_spectrum(spectrum: dict, library, config: RankingConfig | None = None,
-                  e0: float | None = None, dtype=np.float32):
+                  e0: float | None = None, dtype=np.float32, foil=None):
     """Normalise a measured spectrum and rank ``library`` against it.
+
+    The spectrum is normalised and flattened like the candidates; broadened when sharper than
+    them (:func:`sharper_measurement_broadening`); the common offset's prior comes from the
+    reference foil when the spectrum has one (``spectrum["reference"]``) and ``foil`` holds the
+    model's metal spectrum (:func:`xas_callbacks.foil.foil_library`), else from the edges
+    (:func:`data_offset_prior`).
 
     Returns
     -------
@@ -640,7 +921,28 @@ def rank_spectrum(spectrum: dict, library, config: RankingConfig | None = None,
     E, mu, var = E[order], np.asarray(spectrum["mu"])[order], np.asarray(spectrum["var"])[order]
     nm = normalize(E, mu, e0 if e0 is not None else spectrum.get("e0"))
     y, v = nm.apply(E, mu, var)
-    eng = RankingEngine(library.names, library.energies, library.mean, library.std,
-                        config=config, dtype=dtype)
+    config = config or RankingConfig()
+    eng = RankingEngine(config=config, tables=ranking_tables(library.names, library.energies, library.mean,
+                                                             library.std, config, dtype=dtype))
+    y = flatten_like_candidates(E, y, eng.tables)
+    fwhm = sharper_measurement_broadening(E, y, library.energies, library.mean)
+    if fwhm > 0:
+        y, v = broaden_readings(E, y, v, fwhm)
+    source = "config"
+    prior = None
+    if foil is not None and spectrum.get("reference") is not None:
+        from xas_callbacks.foil import foil_offset_prior
+
+        ref = spectrum["reference"]
+        prior, source = foil_offset_prior(ref["energy"], ref["mu"], ref["var"], foil, config), "foil"
+    if prior is None:
+        prior, source = data_offset_prior(E, y, library.energies, library.mean), "edges"
+    if prior is not None:
+        eng.set_offset_prior(*prior)
+    else:
+        source = "config"
     eng.add_points(E, y, v)
-    return eng, eng.result(), nm
+    res = eng.result(full=True)
+    res.measurement_broadening_eV = fwhm
+    res.offset_prior = (*eng.offset_prior, source)
+    return eng, res, nm

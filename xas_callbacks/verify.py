@@ -157,7 +157,7 @@ def compare_with_feff(engine: RankingEngine, result: RankingResult, energies: np
     am, bm = pair.best_fit(0, off, bw)
     af, bf = pair.best_fit(1, off, bw)
     diff = mm - mf
-    L = pair.log_evidence_cells()  # (2, W, O)
+    L = pair.log_evidence_cells()[0]  # (2, W, O): the first (tightest) discrepancy level
     jb = int(np.argmin(np.abs(pair.broadenings - bw)))
     jo = int(np.argmin(np.abs(pair.offsets - off)))
     metrics = {

@@ -1,0 +1,546 @@
+"""``xas-bench real`` and ``xas-bench calibrate``: does the ranking tell the truth about real data?
+
+``xas-bench real`` (the report, test data) ranks
+
+1. the seven measured Cu K-edge references of the shared XAS data library among ten AMCSD Cu
+   minerals predicted by ``cu-k`` (:data:`apps.references.CU_MINERALS`; disordered CIFs by
+   ordered samples), each once with its true mineral among the candidates and once without it;
+2. the same references among the FEFF spectra of the shared Materials Project set where that set
+   holds the reference's compound (the theory upper bound: no model error);
+3. held-out simulated measurements: FEFF spectra of test-split materials (or QM9 molecules for
+   ``o-k``) turned into transmission counts with a random offset, broadening, edge step and
+   background, ranked among the model's predictions for test-split candidates, a third of them
+   without the truth (and without any near-duplicate of it).
+
+For each set it writes top-1/top-3, the top probability when the truth is absent, the expected
+calibration error and a reliability diagram (confidence of the top answer, "none of these"
+included, against how often it is right) to ``benchmarks/results/real_<model>.{json,png}``.
+
+``xas-bench calibrate`` (validation data only) chooses the ranking's discrepancy settings: it
+scores a grid of :class:`~xas_callbacks.ranking.RankingConfig` settings by the mean log loss of
+the true answer (the true candidate, or "none of these" when it was removed) on
+
+* simulated measurements of VALIDATION-split materials/molecules among validation candidates;
+* measured references of other elements (Fe, Mn, Ni, Co, Cr, V, Zn; never Cu) among the FEFF10
+  spectra of their minerals (``data/feff_references``), the theory-experiment gap,
+
+and writes ``benchmarks/results/calibration_<model>.json``. The defaults in ``RankingConfig`` are
+the winner's (the README says which), so nothing is tuned on the seven Cu files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from apps.references import CU_MINERALS, CU_REFERENCES, VALIDATION_REFERENCES
+from models.provenance import git_state
+
+__all__ = ["main", "expected_calibration_error", "reliability"]
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+#: Every third simulated task has its truth removed from the candidates, and with it every
+#: candidate whose computed spectrum is within this of the truth's (max |delta mu|, normalised,
+#: after the best shift of up to 3 eV): no measurement can tell those apart.
+NEAR_DUPLICATE_MAX_ABS = 0.05
+
+
+def _near_duplicate(a, b) -> bool:
+    """Whether two (energy, mu) spectra differ by less than :data:`NEAR_DUPLICATE_MAX_ABS`
+    everywhere on their common range, for some shift of up to 3 eV."""
+    (ea, ma), (eb, mb) = a, b
+    grid = np.arange(max(ea[0], eb[0]) + 3, min(ea[-1], eb[-1]) - 3, 0.5)
+    ref = np.interp(grid, ea, ma)
+    return any(np.max(np.abs(ref - np.interp(grid + s, eb, mb))) < NEAR_DUPLICATE_MAX_ABS for s in np.arange(-3, 3.01, 0.5))
+
+
+@dataclass
+class Task:
+    """One spectrum to rank: the measurement, the candidates, and the right answer."""
+
+    kind: str  # "simulated", "reference", "validation-reference"
+    label: str
+    spectrum: dict  # energy, mu, var, e0 (endstation.measured.read_spectrum layout)
+    library: object  # CandidateLibrary
+    truth: str | None  # the true candidate's name; None: it was removed ("none of these" is right)
+    info: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------ metrics
+def reliability(confidence, correct, n_bins: int = 10) -> list[dict]:
+    """Per confidence bin: how many answers, their mean confidence and how often they were right."""
+    confidence, correct = np.asarray(confidence, float), np.asarray(correct, float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (confidence >= lo) & ((confidence < hi) if hi < 1 else (confidence <= hi))
+        if sel.any():
+            out.append({"bin": [float(lo), float(hi)], "n": int(sel.sum()),
+                        "confidence": float(confidence[sel].mean()), "accuracy": float(correct[sel].mean())})
+    return out
+
+
+def expected_calibration_error(confidence, correct, n_bins: int = 10) -> float:
+    """Expected calibration error: the bins' |accuracy - confidence| weighted by their share."""
+    bins = reliability(confidence, correct, n_bins)
+    n = sum(b["n"] for b in bins)
+    return float(sum(b["n"] / n * abs(b["accuracy"] - b["confidence"]) for b in bins)) if n else float("nan")
+
+
+def score(task: Task, result) -> dict:
+    """What one ranking says against the right answer."""
+    names = list(result.names)
+    p = np.asarray(result.probabilities, float)
+    answer, confidence = (names[0], float(p[0])) if p[0] >= result.p_none else ("none of these", float(result.p_none))
+    truth = task.truth or "none of these"
+    p_truth = float(result.p_none) if task.truth is None else float(p[names.index(task.truth)])
+    return {
+        "kind": task.kind, "label": task.label, "truth": truth, "truth_present": task.truth is not None,
+        "answer": answer, "confidence": confidence, "correct": answer == truth,
+        "top1": names[0], "top1_probability": float(p[0]), "top3": names[:3],
+        "top1_correct": task.truth is not None and names[0] == task.truth,
+        "top3_correct": task.truth is not None and task.truth in names[:3],
+        "p_none": float(result.p_none), "p_truth": p_truth, "log_loss": float(-np.log(max(p_truth, 1e-300))),
+        "offset_eV": float(result.offset_mean), "broadening_eV": float(result.broadening_mean),
+        "warnings": list(result.warnings), **task.info,
+    }
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Accuracy and calibration of a set of scored rankings."""
+    if not rows:
+        return {}
+    present = [r for r in rows if r["truth_present"]]
+    absent = [r for r in rows if not r["truth_present"]]
+    conf = [r["confidence"] for r in rows]
+    corr = [r["correct"] for r in rows]
+    return {
+        "n": len(rows), "n_truth_present": len(present), "n_truth_absent": len(absent),
+        "top1": float(np.mean([r["top1_correct"] for r in present])) if present else None,
+        "top3": float(np.mean([r["top3_correct"] for r in present])) if present else None,
+        "wrong_top1_probabilities": [r["top1_probability"] for r in present if not r["top1_correct"]],
+        "top_probability_truth_absent": [r["top1_probability"] for r in absent],
+        "p_none_truth_absent": [r["p_none"] for r in absent],
+        "p_none_truth_present": [r["p_none"] for r in present],
+        "accuracy_of_top_answer": float(np.mean(corr)),
+        "ece": expected_calibration_error(conf, corr),
+        "mean_log_loss": float(np.mean([r["log_loss"] for r in rows])),
+        "reliability": reliability(conf, corr),
+    }
+
+
+def run_tasks(tasks: list[Task], config) -> list[dict]:
+    """Rank every task's spectrum among its candidates with ``config``; the scored rows."""
+    from xas_callbacks.ranking import rank_spectrum
+
+    return [score(task, rank_spectrum(task.spectrum, task.library, config)[1]) for task in tasks]
+
+
+# ------------------------------------------------------------------------------ tasks
+def simulate_measurement(energies, mu, rng, *, offset, fwhm, noise_counts=(1e5, 1e6)) -> dict:
+    """A transmission measurement of a computed spectrum: a realistic XANES grid, a sloping
+    background, an edge step, Gaussian broadening, Poisson counts; returns the
+    :func:`endstation.measured.read_spectrum` layout (energy, mu, var)."""
+    from endstation.modes import mu_from_counts
+    from models.spectra import gaussian_broaden_uniform
+
+    step = 0.25
+    fine = np.arange(energies[0] - 60, energies[-1] + step, step)
+    m = np.interp(fine, energies, mu)
+    m = np.where(fine < energies[0], mu[0] * np.exp(-0.5 * ((fine - energies[0]) / 2.0) ** 2), m)
+    m = gaussian_broaden_uniform(m, step, fwhm) if fwhm > 0 else m
+    lo, hi = energies[0] - offset, energies[-1] - offset
+    e_edge = lo + 6.0
+    grid = np.concatenate([np.arange(lo - 50, e_edge - 10, 5.0), np.arange(e_edge - 10, e_edge + 30, 0.5),
+                           np.arange(e_edge + 30, hi - 2, 2.0)])
+    grid = grid + rng.uniform(-0.05, 0.05, grid.size)
+    step_mux, bg0, slope = rng.uniform(0.3, 1.5), rng.uniform(0.5, 2.0), -rng.uniform(0, 5e-4)
+    mux = bg0 + slope * (grid - e_edge) + step_mux * np.interp(grid + offset, fine, m)
+    i0 = rng.poisson(rng.uniform(*noise_counts), grid.size).astype(float)
+    it = rng.poisson(i0 * np.exp(-mux)).astype(float)
+    value, var, bad = mu_from_counts("transmission", i0=i0, it=it)
+    return {"energy": grid[~bad], "mu": value[~bad], "var": var[~bad], "e0": None, "mode": "transmission"}
+
+
+def simulated_tasks(model: str, split: str, n_tasks: int, n_candidates: int, seed: int) -> list[Task]:
+    """Simulated measurements of ``split`` materials (``cu-k``) or molecules (``o-k``, ``n-k``)
+    among ``n_candidates`` of the model's predictions for that split; a third without the truth."""
+    rng = np.random.default_rng(seed)
+    truths, feff, predicted = _split_spectra(model, split, rng, n_tasks, n_candidates)
+    tasks = []
+    names = predicted.names
+    for k, truth in enumerate(truths):
+        present = k % 3 != 0
+        others = [n for n in names if n != truth]
+        if not present:  # a near-duplicate of the truth is the truth, as far as XANES can tell
+            others = [n for n in others if not _near_duplicate(feff[n], feff[truth])]
+        chosen = rng.choice(others, size=min(n_candidates - 1, len(others)), replace=False).tolist()
+        lib = predicted.subset(sorted(chosen + ([truth] if present else [])))
+        energies, mu = feff[truth]
+        spectrum = simulate_measurement(energies, mu, rng, offset=float(rng.uniform(-4, 4)),
+                                        fwhm=float(rng.uniform(0, 3)))
+        tasks.append(Task("simulated", truth, spectrum, lib, truth if present else None))
+    return tasks
+
+
+def _split_spectra(model: str, split: str, rng, n_tasks: int, n_candidates: int):
+    """Truth names, their FEFF spectra (name -> (energy, mu)) and the model's predictions for a
+    draw of ``split`` materials/molecules."""
+    from models.readers import split_ids
+    from xas_callbacks.candidates import CandidateLibrary
+
+    if model == "cu-k":
+        from models.paths import CU_K_FEFF, data_path
+
+        root = data_path(CU_K_FEFF)
+        ids = sorted(split_ids(sorted(p.name for p in root.iterdir() if (p / "FEFF-XANES").is_dir()))[split])
+        pool = sorted(rng.choice(ids, size=min(len(ids), n_tasks + 4 * n_candidates), replace=False).tolist())
+        feff_lib = CandidateLibrary.from_feff(root, pool)
+        predicted = CandidateLibrary.from_structures([str(root / i / "POSCAR") for i in feff_lib.names],
+                                                     model=model, names=feff_lib.names)
+        feff = {n: (feff_lib.energies, feff_lib.mean[i]) for i, n in enumerate(feff_lib.names)}
+    else:
+        from models.paths import data_path
+        from models.readers import read_qm9_jsonl
+        from models.training import MODEL_SPECS
+
+        records, _ = read_qm9_jsonl(data_path(MODEL_SPECS[model]["data"]))
+        by_id = {r.record_id: r for r in records}
+        ids = sorted(split_ids(sorted(by_id))[split])
+        pool = sorted(rng.choice(ids, size=min(len(ids), n_tasks + 4 * n_candidates), replace=False).tolist())
+        predicted = CandidateLibrary.from_structures([by_id[i].structure for i in pool], model=model, names=pool)
+        feff = {}
+        for i in predicted.names:
+            sites = by_id[i].sites
+            lo, hi = max(s.energy[0] for s in sites), min(s.energy[-1] for s in sites)
+            grid = np.arange(lo, hi + 1e-9, 0.25)
+            feff[i] = (grid, np.mean([np.interp(grid, s.energy, s.mu) for s in sites], axis=0))
+    usable = [n for n in predicted.names if n in feff]
+    truths = rng.choice(usable, size=min(n_tasks, len(usable)), replace=False).tolist()
+    return truths, feff, predicted.subset(usable)
+
+
+def cu_reference_tasks(candidates: str = "cu-k") -> tuple[list[Task], dict]:
+    """The seven measured Cu references among the ten Cu minerals, with and without the truth:
+    ``candidates`` ``"cu-k"`` (the model's predictions of the AMCSD CIFs) or ``"feff"`` (the
+    shared set's FEFF spectra of the same compounds, where it has them)."""
+    from endstation.measured import read_spectrum
+    from models.paths import XAS_DATA_LIBRARY, data_dir, user_data_dir
+    from xas_callbacks.candidates import CandidateLibrary
+
+    setup: dict = {}
+    if candidates == "feff":
+        library, setup = _feff_minerals()
+    else:
+        from models.amcsd import mineral_cifs, write_cifs
+
+        entries, missing = mineral_cifs(CU_MINERALS, contains=("Cu",))
+        paths = write_cifs(entries, user_data_dir() / "amcsd" / "cu_minerals")
+        library = CandidateLibrary.from_structures([str(p) for p in paths.values()], model=candidates,
+                                                   names=list(paths), source="AMCSD Cu minerals (larixite)")
+        setup = {"candidates": {m: e.label + ("" if e.ordered else ", partial occupancy") for m, e in entries.items()},
+                 "missing": missing, "failures": dict(library.failures),
+                 "disorder": library.provenance.get("disorder", {})}
+    tasks = []
+    for fname, (mineral, formula) in CU_REFERENCES.items():
+        path = data_dir() / XAS_DATA_LIBRARY / "Cu" / fname
+        truths = [n for n in library.names if n == mineral or setup.get("formula", {}).get(n) == mineral]
+        if not path.is_file() or not truths:
+            continue
+        spectrum = read_spectrum(path)
+        tasks.append(Task("reference", fname, spectrum, library, truths[0], {"mineral": mineral, "formula": formula}))
+        without = library.subset([n for n in library.names if n not in truths])
+        tasks.append(Task("reference", fname, spectrum, without, None, {"mineral": mineral, "formula": formula}))
+    return tasks, setup
+
+
+def _feff_minerals():
+    """The shared FEFF set's spectra of the Cu minerals' compounds: one material per mineral
+    (the first id whose structure matches the AMCSD one), named by the mineral."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Structure
+
+    from models.amcsd import mineral_cifs
+    from models.amcsd import parse_cif as parse
+    from models.paths import CU_K_FEFF, data_path
+    from xas_callbacks.candidates import CandidateLibrary
+
+    root = data_path(CU_K_FEFF)
+    entries, _ = mineral_cifs(CU_MINERALS, contains=("Cu",))
+    matcher = StructureMatcher()
+    by_formula: dict[str, list[str]] = {}
+    for d in sorted(p for p in root.iterdir() if (p / "FEFF-XANES").is_dir()):
+        try:
+            by_formula.setdefault(Structure.from_file(str(d / "POSCAR")).composition.reduced_formula, []).append(d.name)
+        except Exception:  # noqa: BLE001 -- an unreadable POSCAR is not a mineral's
+            continue
+    chosen = {}
+    for mineral, entry in entries.items():
+        structure = parse(entry.text)
+        if not structure.is_ordered:
+            continue
+        for mid in by_formula.get(structure.composition.reduced_formula, []):
+            if matcher.fit(structure, Structure.from_file(str(root / mid / "POSCAR"))):
+                chosen[mineral] = mid
+                break
+    feff = CandidateLibrary.from_feff(root, sorted(chosen.values()))
+    by_id = {mid: m for m, mid in chosen.items()}
+    rows = [feff.names.index(mid) for mid in sorted(chosen.values())]
+    library = CandidateLibrary.from_spectra([by_id[feff.names[i]] for i in rows], feff.energies, feff.mean[rows],
+                                            default_std=0.0, provenance={"element": "Cu", "edge": "K",
+                                                                         "model": "feff9-computed"})
+    return library, {"candidates": {m: f"Materials Project {mid} (FEFF9)" for m, mid in chosen.items()}}
+
+
+def validation_reference_tasks() -> tuple[list[Task], dict]:
+    """Measured references of other elements among the FEFF10 spectra of their element's minerals
+    (``data/feff_references``), with and without the truth: the theory-experiment gap."""
+    from endstation.measured import read_spectrum
+    from models.paths import XAS_DATA_LIBRARY, data_dir
+
+    spectra = read_feff_references()
+    tasks = []
+    for relative, (mineral, formula) in VALIDATION_REFERENCES.items():
+        element = relative.split("/")[0]
+        path = data_dir() / XAS_DATA_LIBRARY / relative
+        library = spectra.get(element)
+        if library is None or mineral not in library.names or not path.is_file():
+            continue
+        spectrum = read_spectrum(path)
+        tasks.append(Task("validation-reference", relative, spectrum, library, mineral, {"mineral": mineral}))
+        others = [n for n in library.names if n != mineral]
+        if others:
+            tasks.append(Task("validation-reference", relative, spectrum, library.subset(others), None,
+                              {"mineral": mineral}))
+    return tasks, {"elements": {el: list(lib.names) for el, lib in spectra.items()}}
+
+
+FEFF_REFERENCES = Path(__file__).resolve().parent.parent / "data" / "feff_references" / "minerals_feff10.jsonl.gz"
+
+
+def pack_feff_references(folder: Path, out: Path = FEFF_REFERENCES) -> int:
+    """Pack ``xas-feff structures`` output (``<mineral>/FEFF-XANES/NNN_El/xmu.dat`` + ``POSCAR``)
+    into one gzip JSONL line per mineral (``name``, ``absorber``, ``poscar``, ``sites`` with
+    ``site``, ``weight``, ``omega_eV``, ``mu``); returns the number of minerals written."""
+    import gzip
+
+    from xas_callbacks.candidates import _SITE_DIR, _site_weights, read_xmu_file
+
+    lines = []
+    for mineral in sorted(p for p in Path(folder).iterdir() if (p / "FEFF-XANES").is_dir()):
+        sites = []
+        for site_dir in sorted((mineral / "FEFF-XANES").iterdir()):
+            match = _SITE_DIR.match(site_dir.name)
+            if match and (site_dir / "xmu.dat").is_file():
+                omega, mu = read_xmu_file(site_dir / "xmu.dat")
+                sites.append({"site": int(match.group(1)), "absorber": match.group(2),
+                              "omega_eV": omega.round(4).tolist(), "mu": mu.round(6).tolist()})
+        if not sites:
+            continue
+        absorber = sites[0]["absorber"]
+        weights = _site_weights(mineral / "POSCAR", [s["site"] for s in sites], absorber)
+        for s, w in zip(sites, weights if weights is not None else [1.0 / len(sites)] * len(sites)):
+            s["weight"] = float(w)
+            del s["absorber"]
+        lines.append(json.dumps({"name": mineral.name, "absorber": absorber, "edge": "K",
+                                 "poscar": (mineral / "POSCAR").read_text(), "sites": sites}))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(out, "wt", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return len(lines)
+
+
+def read_feff_references(path: Path = FEFF_REFERENCES) -> dict:
+    """The packed FEFF10 spectra of the validation minerals, one candidate library per absorber
+    (site spectra averaged with their multiplicity weights, on a 0.5 eV grid)."""
+    import gzip
+
+    from xas_callbacks.candidates import CandidateLibrary
+
+    if not Path(path).is_file():
+        return {}
+    by_element: dict[str, list] = {}
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                doc = json.loads(line)
+                by_element.setdefault(doc["absorber"], []).append(doc)
+    libraries = {}
+    for element, docs in by_element.items():
+        spectra = []
+        for doc in docs:
+            lo = max(s["omega_eV"][0] for s in doc["sites"])
+            hi = min(s["omega_eV"][-1] for s in doc["sites"])
+            spectra.append((doc["name"], lo, hi, doc["sites"]))
+        lo = float(np.median([s[1] for s in spectra]))
+        hi = float(np.median([s[2] for s in spectra]))
+        grid = np.arange(np.ceil(lo * 2) / 2, hi + 1e-9, 0.5)
+        mean = [sum(s["weight"] * np.interp(grid, s["omega_eV"], s["mu"]) for s in sites) for _, _, _, sites in spectra]
+        libraries[element] = CandidateLibrary.from_spectra(
+            [s[0] for s in spectra], grid, np.array(mean), default_std=0.0,
+            provenance={"element": element, "edge": "K", "model": "feff10-computed", "source": str(path)})
+    return libraries
+
+
+# ------------------------------------------------------------------------------ commands
+#: The settings ``xas-bench calibrate`` compares (each combination). The first group changes the
+#: sufficient statistics, the second only how the posterior is read from them.
+CALIBRATION_GRID = {
+    "discrepancy_block_eV": (3.0,),
+    "model_white": (0.6, 1.0),
+    "discrepancy_sd": ((0.005, 0.03), (0.01, 0.05)),
+    "none_sd": (0.04, 0.08),
+}
+CALIBRATION_READOUT = {
+    "temperature": (1.5, 2.0, 3.0),
+    "none_gamma": (0.0, 0.1),
+    "none_prior": (0.05, 0.2),
+}
+
+
+def _scored_grid(tasks: list[Task], stream) -> dict:
+    """Every task ranked under every combination of the grid: settings (as a tuple of items) ->
+    scored rows. Each task's sufficient statistics are built once per statistics setting."""
+    from dataclasses import replace
+
+    from xas_callbacks.ranking import RankingConfig, rank_spectrum
+
+    keys, readout = list(CALIBRATION_GRID), list(CALIBRATION_READOUT)
+    readouts = [dict(zip(readout, v)) for v in itertools.product(*(CALIBRATION_READOUT[k] for k in readout))]
+    out: dict = {}
+    for values in itertools.product(*(CALIBRATION_GRID[k] for k in keys)):
+        stats = dict(zip(keys, values))
+        t0 = time.perf_counter()
+        engines = [rank_spectrum(task.spectrum, task.library, RankingConfig(**stats))[0] for task in tasks]
+        for extra in readouts:
+            config = RankingConfig(**stats, **extra)
+            rows = []
+            for task, engine in zip(tasks, engines):
+                engine.config = config
+                rows.append(score(task, engine.result(full=True)))
+            out[tuple(sorted({**stats, **extra}.items()))] = rows
+        print(f"  {stats}: {len(readouts)} read-outs of {len(tasks)} tasks in {time.perf_counter() - t0:.0f} s",
+              file=stream, flush=True)
+    return out
+
+
+def calibrate(model: str, n_tasks: int, n_candidates: int, seed: int, stream=sys.stdout) -> dict:
+    t0 = time.perf_counter()
+    tasks = simulated_tasks(model, "val", n_tasks, n_candidates, seed)
+    ref_tasks, ref_setup = validation_reference_tasks()
+    print(f"{len(tasks)} simulated validation tasks, {len(ref_tasks)} validation-reference tasks "
+          f"({time.perf_counter() - t0:.0f} s)", file=stream, flush=True)
+    sim = _scored_grid(tasks, stream)
+    ref = _scored_grid(ref_tasks, stream) if ref_tasks else {}
+    table = []
+    for key, rows in sim.items():
+        s_sim = summarize(rows)
+        s_ref = summarize(ref[key]) if key in ref else {}
+        loss = s_sim["mean_log_loss"] + s_ref.get("mean_log_loss", 0.0)
+        table.append({"settings": dict(key), "simulated": _brief(s_sim), "references": _brief(s_ref), "loss": loss})
+    table.sort(key=lambda r: r["loss"])
+    for row in table[:10]:
+        print(f"{row['loss']:.3f} {row['settings']} sim {row['simulated']} ref {row['references']}", file=stream)
+    return {"benchmark": "xas-bench calibrate", "model": model, "git": git_state(), "seed": seed,
+            "n_simulated": len(tasks), "n_references": len(ref_tasks), "references_setup": ref_setup,
+            "objective": "mean log loss of the true answer (truth or 'none of these'): simulated + references",
+            "grid": {k: list(v) for k, v in {**CALIBRATION_GRID, **CALIBRATION_READOUT}.items()},
+            "table": table, "best": table[0], "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def _brief(summary: dict) -> dict:
+    return {k: summary.get(k) for k in ("n", "top1", "top3", "ece", "mean_log_loss", "accuracy_of_top_answer")}
+
+
+def real(model: str, n_tasks: int, n_candidates: int, seed: int, stream=sys.stdout) -> dict:
+    from xas_callbacks.ranking import RankingConfig
+
+    t0 = time.perf_counter()
+    config = RankingConfig()
+    out = {"benchmark": "xas-bench real", "model": model, "git": git_state(), "seed": seed,
+           "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()}, "sets": {}}
+    sets = {}
+    if model == "cu-k":
+        for candidates in ("cu-k", "feff"):
+            tasks, setup = cu_reference_tasks(candidates)
+            rows = run_tasks(tasks, config)
+            sets[f"references_{candidates}"] = {"setup": setup, "rows": rows, "summary": summarize(rows)}
+    tasks = simulated_tasks(model, "test", n_tasks, n_candidates, seed)
+    rows = run_tasks(tasks, config)
+    sets["simulated_test"] = {"rows": rows, "summary": summarize(rows)}
+    out["sets"] = sets
+    for name, s in sets.items():
+        m = s["summary"]
+        print(f"{name}: top1 {m['top1']} top3 {m['top3']} ECE {m['ece']:.3f} log-loss {m['mean_log_loss']:.3f}; "
+              f"wrong top-1 p {np.round(m['wrong_top1_probabilities'], 3).tolist()}; truth absent: top p "
+              f"{np.round(m['top_probability_truth_absent'], 3).tolist()}", file=stream, flush=True)
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def plot_reliability(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = result["sets"]
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 4.0), squeeze=False)
+    for ax, (name, s) in zip(axes[0], sets.items()):
+        m = s["summary"]
+        ax.plot([0, 1], [0, 1], "k:", lw=1)
+        bins = m["reliability"]
+        ax.scatter([b["confidence"] for b in bins], [b["accuracy"] for b in bins], s=[20 + 6 * b["n"] for b in bins],
+                   alpha=0.7)
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("confidence of the top answer")
+        ax.set_ylabel("fraction right")
+        ax.set_title(f"{name}: ECE {m['ece']:.3f}, n={m['n']}", fontsize=9)
+    fig.suptitle(f"xas-bench real ({result['model']}): reliability (marker area = answers)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def add_parsers(sub) -> None:
+    """The ``real`` and ``calibrate`` subcommands of ``xas-bench``."""
+    for name, helptext in (("real", "rank real measured references and held-out simulated measurements; "
+                                    "accuracy and calibration (test data)"),
+                           ("calibrate", "choose the ranking's discrepancy settings on validation data")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--model", default="cu-k", choices=("cu-k", "o-k", "n-k"))
+        p.add_argument("--tasks", type=int, default=60, help="simulated measurements")
+        p.add_argument("--candidates", type=int, default=40, help="candidates per simulated measurement")
+        p.add_argument("--seed", type=int, default=20261202)
+        p.add_argument("--out", type=Path, default=RESULTS)
+
+
+def run(args, stream=sys.stdout) -> int:
+    """Run ``xas-bench real`` or ``xas-bench calibrate`` with parsed ``args``."""
+    if args.command == "calibrate":
+        result = calibrate(args.model, args.tasks, args.candidates, args.seed, stream)
+        path = args.out / f"calibration_{args.model}.json"
+    else:
+        result = real(args.model, args.tasks, args.candidates, args.seed, stream)
+        path = args.out / f"real_{args.model}.json"
+        plot_reliability(result, path.with_suffix(".png"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, default=str))
+    print(f"wrote {path}", file=stream)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    parser = argparse.ArgumentParser(prog="xas-bench")
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    sys.exit(run(parser.parse_args()))
