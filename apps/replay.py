@@ -49,3 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = ", ".join(f"{n} {k}" for k, n in counts.items())
     print(f"run {args.uid}: {summary}; exit_status {stop.get('exit_status', 'unknown')}", file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
