@@ -39,7 +39,7 @@ from plans.grids import make_grid
 from plans.metadata import merge_md
 from plans.ranking_feed import InProcessRankingFeed, RankingFeed, outcome_from_ranking
 
-__all__ = ["adaptive_xas_plan", "DecisionRecorder", "seed_energies", "DEFAULT_SEED"]
+__all__ = ["adaptive_xas_plan", "DecisionRecorder", "seed_energies", "plan_seed", "make_agent", "DEFAULT_SEED"]
 
 #: Above this chi^2 per reading, the leading candidate does not explain the readings even with the
 #: model's uncertainty counted: the stop reason says the sample may be none of the candidates.
@@ -139,6 +139,30 @@ def seed_energies(
     return np.round(np.asarray(pre + post + coarse, dtype=float), 3)
 
 
+def plan_seed(e0: float, library, ranking_config=None, seed: Mapping | None = None) -> np.ndarray:
+    """The seed set of the plan for ``library``: :func:`seed_energies` with the coarse pass kept
+    inside the ranking's offset range (``ranking_config``, a
+    :class:`xas_callbacks.ranking.RankingConfig`; none: no margin)."""
+    offsets = 0.0 if ranking_config is None else max(abs(ranking_config.offset_min), abs(ranking_config.offset_max))
+    return seed_energies(e0, library.energies, seed, margin_eV=min(offsets, 0.25 * np.ptp(library.energies)))
+
+
+def make_agent(name: str, library, *, dwell_s: float, mono_speed_eV_per_s: float, settle_s: float,
+               confidence: float, max_points: int | None, model_floor: float = 0.03,
+               agent_kwargs: Mapping | None = None, seed: Sequence[float] | None = None):
+    """The named agent (:data:`plans.energy_selection.AGENTS`) for ``library``, set up as
+    ``adaptive_xas_plan`` sets it up (``seed``: energies it suggests first, for plans that take
+    every energy from the agent, such as bluesky-adaptive's ``optimize``)."""
+    if name not in AGENTS:
+        raise ValueError(f"agent must be one of {sorted(AGENTS)} or an agent object, got {name!r}")
+    return AGENTS[name](
+        library.names, library.energies, library.mean, library.std,
+        dwell_s=dwell_s, mono_speed_eV_per_s=mono_speed_eV_per_s, settle_s=settle_s,
+        confidence=confidence, max_points=max_points, model_floor=model_floor, seed=seed,
+        **dict(agent_kwargs or {}),
+    )
+
+
 def candidate_library(candidates: Any, model: str | None, element: str, edge: str):
     """The candidates as a :class:`~xas_callbacks.candidates.CandidateLibrary`, predicted with
     ``model`` where they are structures; refused (``ValueError``) when empty or when the model or
@@ -231,8 +255,9 @@ def adaptive_xas_plan(
     agent : str or object
         Who chooses the energies: ``"information-gain"`` (default,
         :class:`plans.energy_selection.EnergySelectionAgent`), ``"space-filling"`` (the same
-        stopping rule with model-blind, evenly filling energies: a baseline), or any object with
-        the bluesky-adaptive ``ingest``/``suggest``/``should_stop`` methods, used as given.
+        stopping rule with model-blind, evenly filling energies: a baseline), or any
+        bluesky-adaptive ``Optimizer`` that also ``SupportsStoppingCriteria``, used as given: it
+        ingests :func:`plans.ranking_feed.outcome_from_ranking` outcomes.
     agent_kwargs : dict, optional
         Extra settings of the named agent's class.
     per_step : callable, optional
@@ -265,6 +290,13 @@ def adaptive_xas_plan(
         raise ValueError(f"agent must be one of {sorted(AGENTS)} or an agent object, got {agent!r}")
     if not isinstance(agent, str) and agent_kwargs:
         raise ValueError("agent_kwargs apply to a named agent; configure an agent object yourself")
+    if not isinstance(agent, str):
+        from bluesky_adaptive.protocols import Optimizer, SupportsStoppingCriteria
+
+        lacking = [p.__name__ for p in (Optimizer, SupportsStoppingCriteria) if not isinstance(agent, p)]
+        if lacking:
+            raise ValueError(f"agent {type(agent).__name__} does not implement bluesky-adaptive's {lacking} "
+                             "(suggest, ingest, get_best_points, should_stop)")
     library = candidate_library(candidates, model, element, edge)
     conventional = make_grid(element, edge, None, e0=e0)
     e0 = conventional.e0
@@ -273,21 +305,17 @@ def adaptive_xas_plan(
 
         feed = InProcessRankingFeed(XASRankingCallback(library))
     ranking_config = getattr(getattr(feed, "callback", None), "config", None)
-    offsets = 0.0 if ranking_config is None else max(abs(ranking_config.offset_min), abs(ranking_config.offset_max))
     model_floor = 0.03 if ranking_config is None else ranking_config.model_floor
-    seed_set = seed_energies(e0, library.energies, seed, margin_eV=min(offsets, 0.25 * np.ptp(library.energies)))
+    seed_set = plan_seed(e0, library, ranking_config, seed)
     fallback = conventional.energies[(conventional.energies >= library.energies[0] - 20)
                                      & (conventional.energies <= library.energies[-1] + 20)]
     tail_grid = make_grid(element, edge, tail, e0=e0) if tail is not None else None
     for energies in (seed_set, fallback, [] if tail_grid is None else tail_grid.energies):
         check_limits(energy, energies, plan_name="adaptive_xas_plan")
     if isinstance(agent, str):
-        agent = AGENTS[agent](
-            library.names, library.energies, library.mean, library.std,
-            dwell_s=dwell_s, mono_speed_eV_per_s=mono_speed_eV_per_s, settle_s=settle_s,
-            confidence=confidence, max_points=max_points, model_floor=model_floor,
-            **dict(agent_kwargs or {}),
-        )
+        agent = make_agent(agent, library, dwell_s=dwell_s, mono_speed_eV_per_s=mono_speed_eV_per_s,
+                           settle_s=settle_s, confidence=confidence, max_points=max_points,
+                           model_floor=model_floor, agent_kwargs=agent_kwargs)
     roles = detector_roles(detectors)
     dwell_signal = find_dwell(detectors, None, required=False)
     per_step = per_step or bps.one_nd_step
