@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
+from bluesky.protocols import Movable, Readable
 from bluesky.utils import MsgGenerator
+from bluesky_adaptive.protocols import Optimizer
 from ophyd import Component as Cpt
 from ophyd import Device
 
@@ -34,10 +36,11 @@ from endstation.beamtime import beam_time_cost
 from endstation.devices import TypedSignal
 from endstation.modes import SCAN_MODES
 from plans.energy_selection import AGENTS
-from plans.checks import check_limits, checked_plan, detector_roles, find_dwell
-from plans.grids import make_grid
+from plans.checks import ScanMode, check_limits, checked_plan, detector_roles, find_dwell
+from plans.grids import EnergyGrid, make_grid
 from plans.metadata import merge_md
 from plans.ranking_feed import InProcessRankingFeed, RankingFeed, outcome_from_ranking
+from xas_callbacks.candidates import CandidateLibrary
 
 __all__ = ["adaptive_xas_plan", "DecisionRecorder", "seed_energies", "plan_seed", "make_agent", "DEFAULT_SEED"]
 
@@ -167,8 +170,6 @@ def candidate_library(candidates: Any, model: str | None, element: str, edge: st
     """The candidates as a :class:`~xas_callbacks.candidates.CandidateLibrary`, predicted with
     ``model`` where they are structures; refused (``ValueError``) when empty or when the model or
     the candidates are for another element or edge."""
-    from xas_callbacks.candidates import CandidateLibrary
-
     if model is not None and not isinstance(candidates, CandidateLibrary):
         from models.predictor import model_card
 
@@ -186,30 +187,30 @@ def candidate_library(candidates: Any, model: str | None, element: str, edge: st
 
 @checked_plan
 def adaptive_xas_plan(
-    detectors: Sequence[Any],
-    energy: Any,
+    detectors: Sequence[Readable],
+    energy: Movable,
     *,
     element: str,
     edge: str,
-    candidates: Any,
+    candidates: str | os.PathLike | CandidateLibrary,
     model: str | None = None,
     confidence: float = 0.95,
     max_points: int = 40,
     max_beam_time_s: float | None = None,
     dwell_s: float = 1.0,
-    seed: Mapping | None = None,
+    seed: Mapping[str, Any] | None = None,
     batch_size: int = 1,
-    tail: Mapping | str | None = None,
-    mode: str = "transmission",
+    tail: Mapping[str, Any] | EnergyGrid | None = None,
+    mode: ScanMode = "transmission",
     e0: float | None = None,
     feed: RankingFeed | None = None,
     ranking_timeout_s: float = 10.0,
     mono_speed_eV_per_s: float = 50.0,
     settle_s: float = 0.2,
-    agent: str | Any = "information-gain",
-    agent_kwargs: Mapping | None = None,
-    per_step: Any = None,
-    md: Mapping | None = None,
+    agent: str | Optimizer = "information-gain",
+    agent_kwargs: Mapping[str, Any] | None = None,
+    per_step: Callable[..., Any] | None = None,
+    md: Mapping[str, Any] | None = None,
 ) -> MsgGenerator[str]:
     """Identify the sample among candidate structures with as few readings as it takes.
 
@@ -237,7 +238,7 @@ def adaptive_xas_plan(
         Overrides of :data:`DEFAULT_SEED`.
     batch_size : int
         Energies measured per decision.
-    tail : dict or str, optional
+    tail : dict or EnergyGrid, optional
         A conventional grid (see :func:`plans.grids.make_grid`) measured after identification,
         e.g. an EXAFS region.
     mode : {"transmission", "fluorescence"}
@@ -280,10 +281,16 @@ def adaptive_xas_plan(
 
     Raises
     ------
+    TypeError
+        At the call: an argument of the wrong type (e.g. ``max_points="ten"``).
     ValueError
-        Before the run opens: unknown mode or agent, no usable candidates, a model or candidates
-        for another element or edge, a bad grid, or an energy outside the monochromator's limits.
+        Before the run opens: a budget, confidence or time out of range, unknown mode or agent,
+        no usable candidates, a model or candidates for another element or edge, a bad grid, or
+        an energy outside the monochromator's limits.
     """
+    _check_ranges(confidence=confidence, max_points=max_points, max_beam_time_s=max_beam_time_s,
+                  dwell_s=dwell_s, batch_size=batch_size, ranking_timeout_s=ranking_timeout_s,
+                  mono_speed_eV_per_s=mono_speed_eV_per_s, settle_s=settle_s)
     if mode not in SCAN_MODES:
         raise ValueError(f"adaptive_xas_plan: mode must be one of {SCAN_MODES}, got {mode!r}")
     if isinstance(agent, str) and agent not in AGENTS:
@@ -291,7 +298,7 @@ def adaptive_xas_plan(
     if not isinstance(agent, str) and agent_kwargs:
         raise ValueError("agent_kwargs apply to a named agent; configure an agent object yourself")
     if not isinstance(agent, str):
-        from bluesky_adaptive.protocols import Optimizer, SupportsStoppingCriteria
+        from bluesky_adaptive.protocols import SupportsStoppingCriteria
 
         lacking = [p.__name__ for p in (Optimizer, SupportsStoppingCriteria) if not isinstance(agent, p)]
         if lacking:
@@ -428,6 +435,24 @@ def adaptive_xas_plan(
             yield from measure(tail_grid.energies)
 
     return feed.subscribed(inner())
+
+
+def _check_ranges(*, confidence, max_points, max_beam_time_s, dwell_s, batch_size, ranking_timeout_s,
+                  mono_speed_eV_per_s, settle_s) -> None:
+    """Raise ``ValueError`` naming the first setting of ``adaptive_xas_plan`` out of its range."""
+    problems = [
+        ("confidence", confidence, 0 < confidence <= 1, "in (0, 1]"),
+        ("max_points", max_points, max_points >= 1, ">= 1"),
+        ("max_beam_time_s", max_beam_time_s, max_beam_time_s is None or max_beam_time_s > 0, "> 0 (or None)"),
+        ("dwell_s", dwell_s, dwell_s > 0, "> 0"),
+        ("batch_size", batch_size, batch_size >= 1, ">= 1"),
+        ("ranking_timeout_s", ranking_timeout_s, ranking_timeout_s > 0, "> 0"),
+        ("mono_speed_eV_per_s", mono_speed_eV_per_s, mono_speed_eV_per_s > 0, "> 0"),
+        ("settle_s", settle_s, settle_s >= 0, ">= 0"),
+    ]
+    for name, value, ok, wanted in problems:
+        if not ok:
+            raise ValueError(f"adaptive_xas_plan: {name} must be {wanted}, got {value!r}; nothing was moved")
 
 
 def _budget_spent(n_taken: int, max_points: int, beam_time_s: float, max_beam_time_s: float | None) -> str | None:
