@@ -492,6 +492,15 @@ class XASCatalog:
         run = self.client[uid]
         return getattr(run, "v3", run)
 
+    @property
+    def scans(self) -> Any:
+        """The catalog without analysis runs (no ``purpose`` in the start document): for
+        ``databroker.Broker(catalog.scans)[-1]``, the newest scan, not its ranking run."""
+        from tiled.queries import KeyPresent
+
+        self.flush(self.stop_timeout_s)
+        return self.client.search(KeyPresent("start.purpose", exists=False))
+
     def __contains__(self, uid: object) -> bool:
         self.flush(self.stop_timeout_s)
         return uid in self.client
@@ -546,6 +555,7 @@ def open_catalog(
     directory: str | os.PathLike | None = None,
     timeout: float = 10.0,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    create: bool = True,
 ) -> XASCatalog:
     """Open the catalog runs are written to.
 
@@ -563,11 +573,15 @@ def open_catalog(
         Seconds to wait for a remote server before :class:`CatalogError`.
     batch_size : int
         Events per write.
+    create : bool
+        Create the local catalog folder if there is none (False for readers: a mistyped folder
+        is an error, not a new empty catalog).
 
     Raises
     ------
     CatalogError
-        Naming the URI (unreachable, refused key) or the directory (cannot start its server).
+        Naming the URI (unreachable, refused key) or the directory (none there, or its server
+        cannot start).
     """
     from tiled.client import from_uri
 
@@ -591,6 +605,8 @@ def open_catalog(
     from .catalog_server import ServerError, join_server
 
     folder = Path(directory) if directory is not None else default_catalog_dir()
+    if not create and not (folder / "catalog.db").exists():
+        raise CatalogError(f"there is no local catalog in {folder}")
 
     def connect_local() -> tuple[Any, Any]:
         try:

@@ -303,7 +303,7 @@ def _build_app(directory: Path, api_key: str):
     tree = catalog_from_uri(
         catalog_db,
         writable_storage=[directory / "data", ensure_uri(f"duckdb:///{directory / 'storage.duckdb'}")],
-        init_if_not_exists=not catalog_db.exists(),
+        init_if_not_exists=not _initialised(catalog_db),
         specs=[{"name": "CatalogOfBlueskyRuns", "version": "3.0"}],
         cache_config=StreamingCacheConfig(uri="memory").model_dump(),
     )
@@ -312,6 +312,21 @@ def _build_app(directory: Path, api_key: str):
     serializers.register("BlueskyRun", "application/json-seq", json_seq_exporter)
     return build_app(tree, authentication=Authentication(single_user_api_key=api_key),
                      serialization_registry=serializers)
+
+
+def _initialised(catalog_db: Path) -> bool:
+    """Create the catalog's tables in this process if it is new (Tiled would start a second Python,
+    ``tiled catalog init``, for it: seconds); ``False`` if that failed and Tiled must do it."""
+    if catalog_db.exists():
+        return True
+    try:
+        from tiled.commandline._catalog import init
+
+        init(str(catalog_db), if_not_exists=True)
+    except Exception as exc:  # noqa: BLE001 -- Tiled's own way still works, only slower
+        print(f"catalog_server: creating {catalog_db} in this process failed ({exc}); Tiled will", file=sys.stderr)
+        return False
+    return True
 
 
 def serve(directory: str | os.PathLike, *, grace_s: float = GRACE_S, parent: int | None = None) -> None:

@@ -166,6 +166,20 @@ def test_run_documents_databroker_and_scan_ids_read_back(catalog):
     assert db[scan_id].start["uid"] == uid
     assert catalog.client.scan_id[scan_id].metadata["start"]["uid"] == uid
     assert list(db[-1].table()["det"]) == [d["data"]["det"] for n, d in live if n == "event"]
+    assert [name for name, _ in db[-1].documents()] == [name for name, _ in live]
+
+
+def test_the_newest_scan_leaves_analysis_runs_out(catalog):
+    pytest.importorskip("doct", reason="databroker.Broker (v1 API) needs 'doct' and 'humanize'")
+    from databroker import Broker
+    from event_model import compose_run
+
+    _, (uid,), _ = _run(catalog, count([det]))
+    analysis = compose_run(metadata={"purpose": "xas-ranking", "parent_uid": uid})
+    catalog("start", analysis.start_doc)
+    catalog("stop", analysis.compose_stop())
+    assert Broker(catalog.client)[-1].start["uid"] == analysis.start_doc["uid"]  # the newest run
+    assert Broker(catalog.scans)[-1].start["uid"] == uid  # the newest scan
 
 
 def test_write_stats_count_the_documents(catalog):
@@ -196,3 +210,12 @@ def test_an_analysis_run_is_named_in_its_parents_metadata(catalog):
     assert linked == {"xas-ranking": analysis.bundle.start_doc["uid"]}
     assert catalog[linked["xas-ranking"]].metadata["start"]["parent_uid"] == uid
     assert np.isfinite(catalog[uid]["primary"]["det"].read()).all()
+
+
+def test_xas_replay_refuses_a_folder_without_a_catalog(tmp_path, capsys):
+    from apps.replay import main
+
+    assert main(["some-uid", "--catalog", str(tmp_path / "typo")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"xas-replay: error: there is no local catalog in {tmp_path / 'typo'}"
+    assert not (tmp_path / "typo").exists()  # a mistyped folder is not made into a new catalog
