@@ -104,7 +104,12 @@ def test_another_process_reads_while_this_one_writes(catalog, folder):
 
 def test_a_stale_server_file_is_replaced_and_a_lost_server_is_rejoined(tmp_path):
     folder = tmp_path / "catalog"
+    folder.mkdir(mode=0o755)  # as an older version left it: world-readable
+    (folder / "access.log").write_text("old log\n")
+    os.chmod(folder / "access.log", 0o644)
     catalog = open_catalog(directory=folder)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE((folder / "access.log").stat().st_mode) == 0o600
     _, (uid,), _ = _run(catalog, count([det]))
     old = catalog.server
     assert stop_server(folder)
