@@ -18,7 +18,7 @@ from bluesky.plans import count
 from ophyd.sim import det, motor
 
 from endstation.catalog import StorageError, open_catalog
-from endstation.catalog_server import SERVER_FILE, join_server, stop_server
+from endstation.catalog_server import SERVER_FILE, stop_server
 from endstation.replay import normalize_documents
 
 ROOT = Path(__file__).resolve().parent.parent
