@@ -578,8 +578,8 @@ def decision_time(n_candidates: int = 1000, repeats: int = 30) -> dict:
     for label, p in cases.items():
         agent = EnergySelectionAgent(lib.names, lib.energies, lib.mean, np.full_like(lib.mean, 0.02))
         agent.ingest(readings)
-        agent.ingest([{"ranking": {"names": lib.names, "probabilities": (p / p.sum()).tolist(),
-                                   "offset_eV": 0.7, "broadening_eV": 1.5}}])
+        agent.ingest([{"top_names": lib.names, "top_probabilities": (p / p.sum()).tolist(),
+                       "offset_eV": 0.7, "broadening_eV": 1.5}])
         agent.suggest(1)  # warm-up
         times, cpu = [], []
         for _ in range(repeats):

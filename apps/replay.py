@@ -7,6 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from httpx import HTTPError
+
 from endstation.catalog import CatalogError, open_catalog
 from endstation.replay import replay
 from endstation.xdi import write_xdi
@@ -21,7 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Re-emit a stored XAS run's documents (optionally write it as XDI 1.0).",
     )
     parser.add_argument("uid", help="uid of the run (start document)")
-    parser.add_argument("--catalog", help="Tiled URI (default $XAS_TILED_URI, else the local catalog)")
+    parser.add_argument("--catalog", help="Tiled URI or local catalog folder (default $XAS_TILED_URI, else the "
+                                          "local catalog)")
     parser.add_argument("--api-key", help="Tiled api key (default $XAS_TILED_API_KEY)")
     parser.add_argument("--xdi", metavar="FILE", help="write the run as an XDI 1.0 file")
     parser.add_argument("--print", dest="show", action="store_true",
@@ -29,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        catalog = open_catalog(args.catalog, api_key=args.api_key)
+        catalog = open_catalog(args.catalog, api_key=args.api_key, create=False)
         counts: dict[str, int] = {}
 
         def show(name: str, doc: dict) -> None:
@@ -45,7 +48,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"xas-replay: error: {message}", file=sys.stderr)
         return 2
+    except HTTPError as exc:  # the catalog answered, but not with the run (Tiled's ClientError too)
+        print(f"xas-replay: error: reading run {args.uid} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     stop = next((doc for name, doc in docs if name == "stop"), {})
     summary = ", ".join(f"{n} {k}" for k, n in counts.items())
     print(f"run {args.uid}: {summary}; exit_status {stop.get('exit_status', 'unknown')}", file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
+from bluesky.protocols import Movable, Readable
 from bluesky.utils import MsgGenerator
+from bluesky_adaptive.protocols import Optimizer
 from ophyd import Component as Cpt
 from ophyd import Device
 
@@ -34,12 +36,13 @@ from endstation.beamtime import beam_time_cost
 from endstation.devices import TypedSignal
 from endstation.modes import SCAN_MODES
 from plans.energy_selection import AGENTS
-from plans.checks import check_limits, checked_plan, detector_roles, find_dwell
-from plans.grids import make_grid
+from plans.checks import ScanMode, check_limits, checked_plan, detector_roles, find_dwell
+from plans.grids import EnergyGrid, make_grid
 from plans.metadata import merge_md
 from plans.ranking_feed import InProcessRankingFeed, RankingFeed, outcome_from_ranking
+from xas_callbacks.candidates import CandidateLibrary
 
-__all__ = ["adaptive_xas_plan", "DecisionRecorder", "seed_energies", "DEFAULT_SEED"]
+__all__ = ["adaptive_xas_plan", "DecisionRecorder", "seed_energies", "plan_seed", "make_agent", "DEFAULT_SEED"]
 
 #: Above this chi^2 per reading, the leading candidate does not explain the readings even with the
 #: model's uncertainty counted: the stop reason says the sample may be none of the candidates.
@@ -144,12 +147,34 @@ def seed_energies(
     return np.round(np.asarray(pre + post + coarse, dtype=float), 3)
 
 
+def plan_seed(e0: float, library, ranking_config=None, seed: Mapping | None = None) -> np.ndarray:
+    """The seed set of the plan for ``library``: :func:`seed_energies` with the coarse pass kept
+    inside the ranking's offset range (``ranking_config``, a
+    :class:`xas_callbacks.ranking.RankingConfig`; none: no margin)."""
+    offsets = 0.0 if ranking_config is None else max(abs(ranking_config.offset_min), abs(ranking_config.offset_max))
+    return seed_energies(e0, library.energies, seed, margin_eV=min(offsets, 0.25 * np.ptp(library.energies)))
+
+
+def make_agent(name: str, library, *, dwell_s: float, mono_speed_eV_per_s: float, settle_s: float,
+               confidence: float, max_points: int | None, model_floor: float = 0.03,
+               agent_kwargs: Mapping | None = None, seed: Sequence[float] | None = None):
+    """The named agent (:data:`plans.energy_selection.AGENTS`) for ``library``, set up as
+    ``adaptive_xas_plan`` sets it up (``seed``: energies it suggests first, for plans that take
+    every energy from the agent, such as bluesky-adaptive's ``optimize``)."""
+    if name not in AGENTS:
+        raise ValueError(f"agent must be one of {sorted(AGENTS)} or an agent object, got {name!r}")
+    return AGENTS[name](
+        library.names, library.energies, library.mean, library.std,
+        dwell_s=dwell_s, mono_speed_eV_per_s=mono_speed_eV_per_s, settle_s=settle_s,
+        confidence=confidence, max_points=max_points, model_floor=model_floor, seed=seed,
+        **dict(agent_kwargs or {}),
+    )
+
+
 def candidate_library(candidates: Any, model: str | None, element: str, edge: str):
     """The candidates as a :class:`~xas_callbacks.candidates.CandidateLibrary`, predicted with
     ``model`` where they are structures; refused (``ValueError``) when empty or when the model or
     the candidates are for another element or edge."""
-    from xas_callbacks.candidates import CandidateLibrary
-
     if model is not None and not isinstance(candidates, CandidateLibrary):
         from models.predictor import model_card
 
@@ -167,30 +192,30 @@ def candidate_library(candidates: Any, model: str | None, element: str, edge: st
 
 @checked_plan
 def adaptive_xas_plan(
-    detectors: Sequence[Any],
-    energy: Any,
+    detectors: Sequence[Readable],
+    energy: Movable,
     *,
     element: str,
     edge: str,
-    candidates: Any,
+    candidates: str | os.PathLike | CandidateLibrary,
     model: str | None = None,
     confidence: float = 0.95,
     max_points: int = 40,
     max_beam_time_s: float | None = None,
     dwell_s: float = 1.0,
-    seed: Mapping | None = None,
+    seed: Mapping[str, Any] | None = None,
     batch_size: int = 1,
-    tail: Mapping | str | None = None,
-    mode: str = "transmission",
+    tail: Mapping[str, Any] | EnergyGrid | None = None,
+    mode: ScanMode = "transmission",
     e0: float | None = None,
     feed: RankingFeed | None = None,
     ranking_timeout_s: float = 10.0,
     mono_speed_eV_per_s: float = 50.0,
     settle_s: float = 0.2,
-    agent: str | Any = "information-gain",
-    agent_kwargs: Mapping | None = None,
-    per_step: Any = None,
-    md: Mapping | None = None,
+    agent: str | Optimizer = "information-gain",
+    agent_kwargs: Mapping[str, Any] | None = None,
+    per_step: Callable[..., Any] | None = None,
+    md: Mapping[str, Any] | None = None,
 ) -> MsgGenerator[str]:
     """Identify the sample among candidate structures with as few readings as it takes.
 
@@ -218,7 +243,7 @@ def adaptive_xas_plan(
         Overrides of :data:`DEFAULT_SEED`.
     batch_size : int
         Energies measured per decision.
-    tail : dict or str, optional
+    tail : dict or EnergyGrid, optional
         A conventional grid (see :func:`plans.grids.make_grid`) measured after identification,
         e.g. an EXAFS region.
     mode : {"transmission", "fluorescence"}
@@ -236,8 +261,9 @@ def adaptive_xas_plan(
     agent : str or object
         Who chooses the energies: ``"information-gain"`` (default,
         :class:`plans.energy_selection.EnergySelectionAgent`), ``"space-filling"`` (the same
-        stopping rule with model-blind, evenly filling energies: a baseline), or any object with
-        the bluesky-adaptive ``ingest``/``suggest``/``should_stop`` methods, used as given.
+        stopping rule with model-blind, evenly filling energies: a baseline), or any
+        bluesky-adaptive ``Optimizer`` that also ``SupportsStoppingCriteria``, used as given: it
+        ingests :func:`plans.ranking_feed.outcome_from_ranking` outcomes.
     agent_kwargs : dict, optional
         Extra settings of the named agent's class.
     per_step : callable, optional
@@ -260,16 +286,29 @@ def adaptive_xas_plan(
 
     Raises
     ------
+    TypeError
+        At the call: an argument of the wrong type (e.g. ``max_points="ten"``).
     ValueError
-        Before the run opens: unknown mode or agent, no usable candidates, a model or candidates
-        for another element or edge, a bad grid, or an energy outside the monochromator's limits.
+        Before the run opens: a budget, confidence or time out of range, unknown mode or agent,
+        no usable candidates, a model or candidates for another element or edge, a bad grid, or
+        an energy outside the monochromator's limits.
     """
+    _check_ranges(confidence=confidence, max_points=max_points, max_beam_time_s=max_beam_time_s,
+                  dwell_s=dwell_s, batch_size=batch_size, ranking_timeout_s=ranking_timeout_s,
+                  mono_speed_eV_per_s=mono_speed_eV_per_s, settle_s=settle_s)
     if mode not in SCAN_MODES:
         raise ValueError(f"adaptive_xas_plan: mode must be one of {SCAN_MODES}, got {mode!r}")
     if isinstance(agent, str) and agent not in AGENTS:
         raise ValueError(f"agent must be one of {sorted(AGENTS)} or an agent object, got {agent!r}")
     if not isinstance(agent, str) and agent_kwargs:
         raise ValueError("agent_kwargs apply to a named agent; configure an agent object yourself")
+    if not isinstance(agent, str):
+        from bluesky_adaptive.protocols import SupportsStoppingCriteria
+
+        lacking = [p.__name__ for p in (Optimizer, SupportsStoppingCriteria) if not isinstance(agent, p)]
+        if lacking:
+            raise ValueError(f"agent {type(agent).__name__} does not implement bluesky-adaptive's {lacking} "
+                             "(suggest, ingest, get_best_points, should_stop)")
     library = candidate_library(candidates, model, element, edge)
     conventional = make_grid(element, edge, None, e0=e0)
     e0 = conventional.e0
@@ -278,21 +317,17 @@ def adaptive_xas_plan(
 
         feed = InProcessRankingFeed(XASRankingCallback(library))
     ranking_config = getattr(getattr(feed, "callback", None), "config", None)
-    offsets = 0.0 if ranking_config is None else max(abs(ranking_config.offset_min), abs(ranking_config.offset_max))
     model_floor = 0.03 if ranking_config is None else ranking_config.model_floor
-    seed_set = seed_energies(e0, library.energies, seed, margin_eV=min(offsets, 0.25 * np.ptp(library.energies)))
+    seed_set = plan_seed(e0, library, ranking_config, seed)
     fallback = conventional.energies[(conventional.energies >= library.energies[0] - 20)
                                      & (conventional.energies <= library.energies[-1] + 20)]
     tail_grid = make_grid(element, edge, tail, e0=e0) if tail is not None else None
     for energies in (seed_set, fallback, [] if tail_grid is None else tail_grid.energies):
         check_limits(energy, energies, plan_name="adaptive_xas_plan")
     if isinstance(agent, str):
-        agent = AGENTS[agent](
-            library.names, library.energies, library.mean, library.std,
-            dwell_s=dwell_s, mono_speed_eV_per_s=mono_speed_eV_per_s, settle_s=settle_s,
-            confidence=confidence, max_points=max_points, model_floor=model_floor,
-            **dict(agent_kwargs or {}),
-        )
+        agent = make_agent(agent, library, dwell_s=dwell_s, mono_speed_eV_per_s=mono_speed_eV_per_s,
+                           settle_s=settle_s, confidence=confidence, max_points=max_points,
+                           model_floor=model_floor, agent_kwargs=agent_kwargs)
     roles = detector_roles(detectors)
     dwell_signal = find_dwell(detectors, None, required=False)
     per_step = per_step or bps.one_nd_step
@@ -406,6 +441,24 @@ def adaptive_xas_plan(
             yield from measure(tail_grid.energies)
 
     return feed.subscribed(inner())
+
+
+def _check_ranges(*, confidence, max_points, max_beam_time_s, dwell_s, batch_size, ranking_timeout_s,
+                  mono_speed_eV_per_s, settle_s) -> None:
+    """Raise ``ValueError`` naming the first setting of ``adaptive_xas_plan`` out of its range."""
+    problems = [
+        ("confidence", confidence, 0 < confidence <= 1, "in (0, 1]"),
+        ("max_points", max_points, max_points >= 1, ">= 1"),
+        ("max_beam_time_s", max_beam_time_s, max_beam_time_s is None or max_beam_time_s > 0, "> 0 (or None)"),
+        ("dwell_s", dwell_s, dwell_s > 0, "> 0"),
+        ("batch_size", batch_size, batch_size >= 1, ">= 1"),
+        ("ranking_timeout_s", ranking_timeout_s, ranking_timeout_s > 0, "> 0"),
+        ("mono_speed_eV_per_s", mono_speed_eV_per_s, mono_speed_eV_per_s > 0, "> 0"),
+        ("settle_s", settle_s, settle_s >= 0, ">= 0"),
+    ]
+    for name, value, ok, wanted in problems:
+        if not ok:
+            raise ValueError(f"adaptive_xas_plan: {name} must be {wanted}, got {value!r}; nothing was moved")
 
 
 def _budget_spent(n_taken: int, max_points: int, beam_time_s: float, max_beam_time_s: float | None) -> str | None:

@@ -16,8 +16,15 @@ pairwise-distance bound of Kolchinsky & Tracey (Entropy 19, 361 (2017)) with the
 distance, which is exact in the limits of identical and of perfectly separated candidates and
 costs ``O(K^2 M)`` for ``K`` leading candidates and ``M`` energies.
 
-The agent speaks the vocabulary of bluesky-adaptive (``suggest``/``ingest``/``should_stop``)
-so that other agents can drive the same plan or be compared with it.
+Both agents implement bluesky-adaptive's protocols (``bluesky_adaptive.protocols.Optimizer``:
+``suggest``, ``ingest``, ``get_best_points``; ``SupportsStoppingCriteria``: ``should_stop``;
+``CanRegisterSuggestions``: ``register_suggestions``), so ``adaptive_xas_plan`` and
+bluesky-adaptive's ``optimize``/``optimize_in_run`` (with :class:`plans.evaluation.XASEvaluation`)
+drive the same agent. What ``ingest`` takes is one outcome per reading, exactly what
+:func:`plans.ranking_feed.outcome_from_ranking` (and so the evaluation function) returns: the
+reading (``energy``, ``mu``, ``mu_sigma``) and the posterior after it (``top_names``,
+``top_probabilities``, ``offset_eV``, ``broadening_eV``, ``window_eV``), flat, so that
+bluesky-adaptive can also record it as event data.
 """
 
 from __future__ import annotations
@@ -142,7 +149,15 @@ class EnergySelectionAgent:
     correlation_length_eV : float
         Length over which the model's error is correlated: a reading within it of one already
         taken counts as partly redundant (see :meth:`_novelty`). 0 treats readings as independent.
+    seed : sequence of float, optional
+        Energies suggested first, in this order (normalisation anchors and a coarse pass, e.g.
+        :func:`plans.adaptive.seed_energies`); ``should_stop`` does not stop before they are all
+        measured. ``adaptive_xas_plan`` measures its seed itself and gives none.
     """
+
+    #: Keys of every suggestion besides ``_id`` and ``energy`` (seed suggestions carry NaN), so
+    #: that bluesky-adaptive records all suggestions of a run in one event stream.
+    suggestion_keys: tuple[str, ...] = ("expected_information_gain", "cost_s", "gain_per_s")
 
     def __init__(
         self,
@@ -165,6 +180,7 @@ class EnergySelectionAgent:
         model_floor: float = 0.03,
         window: tuple[float, float] | None = None,
         correlation_length_eV: float = 6.0,
+        seed: Sequence[float] | None = None,
     ):
         self.names = list(names)
         self.grid = np.asarray(energies, dtype=float)
@@ -190,32 +206,63 @@ class EnergySelectionAgent:
         self.model_floor = float(model_floor)
         self.window = window
         self.correlation_length_eV = float(correlation_length_eV)
+        self.seed = [float(e) for e in (seed if seed is not None else [])]
+        self._seed_left = list(self.seed)
+        self._n_readings = 0  # outcomes of readings ingested, usable or not
         self._measured = _Measured()
         self._suggested = 0
         self.probabilities = np.full(len(self.names), 1.0 / len(self.names))
+        self.p_none = 0.0
         self.offset_eV = 0.0
         self.broadening_eV = 0.0
         self.last_gain: np.ndarray | None = None
 
-    # -- bluesky-adaptive vocabulary -------------------------------------------------------------
+    # -- bluesky-adaptive protocols --------------------------------------------------------------
     def ingest(self, points: Sequence[Mapping]) -> None:
         """Take the outcomes of readings (:func:`plans.ranking_feed.outcome_from_ranking`).
 
-        Each mapping may hold ``energy``, ``mu`` and ``mu_sigma`` (a reading, mu as the ranking
-        callback formed it) and/or ``ranking``: ``{"names": [...], "probabilities": [...],
-        "offset_eV": float, "broadening_eV": float, "window_eV": [lo, hi]}``, the posterior
-        after that reading. Readings with a non-finite value are ignored.
+        Each outcome may hold the reading, ``energy``, ``mu`` and ``mu_sigma`` (mu as the ranking
+        callback formed it; a non-finite one is ignored), and the posterior after it:
+        ``top_names``, ``top_probabilities`` (which leave ``p_none`` to "none of these"),
+        ``p_none``, ``offset_eV``, ``broadening_eV``, ``window_eV`` (``[lo, hi]``, the measured
+        energies the ranking can use).
         """
         for point in points:
-            if "ranking" in point and point["ranking"] is not None:
-                self._ingest_ranking(point["ranking"])
+            if point.get("top_names") is not None and point.get("top_probabilities") is not None:
+                self._ingest_ranking(point)
             if "energy" in point and "mu" in point:
+                self._n_readings += 1
                 energy, value = float(point["energy"]), float(point["mu"])
                 sigma = float(point.get("mu_sigma", self.default_sigma) or self.default_sigma)
                 if np.isfinite(energy) and np.isfinite(value) and np.isfinite(sigma) and sigma > 0:
                     self._measured.energy.append(energy)
                     self._measured.value.append(value)
                     self._measured.sigma.append(sigma)
+
+    def register_suggestions(self, suggestions: Sequence[Mapping]) -> list[dict]:
+        """Give energies chosen by hand (``{"energy": E}``) the ``_id`` of a suggestion, so that
+        their outcomes can be ingested (bluesky-adaptive's ``sample_suggestions``)."""
+        out = []
+        for suggestion in suggestions:
+            out.append({**self._blank(), **dict(suggestion), "_id": self._suggested,
+                        "energy": float(suggestion["energy"])})
+            self._suggested += 1
+        return out
+
+    def _blank(self) -> dict:
+        return {key: float("nan") for key in self.suggestion_keys}
+
+    def _seed_suggestions(self, num_points: int) -> list[dict]:
+        chosen = []
+        current = self._measured.energy[-1] if self._measured.energy else None
+        while self._seed_left and len(chosen) < num_points:
+            energy = self._seed_left.pop(0)
+            cost = float(beam_time_cost(np.asarray([energy]), current, self.dwell_s, self.mono_speed_eV_per_s,
+                                        self.settle_s)[0])
+            chosen.append({**self._blank(), "_id": self._suggested, "energy": energy, "cost_s": cost})
+            self._suggested += 1
+            current = energy
+        return chosen
 
     def suggest(self, num_points: int | None = 1) -> list[dict]:
         """The next ``num_points`` energies, best first, each with why it was chosen.
@@ -224,6 +271,8 @@ class EnergySelectionAgent:
         ``cost_s`` and ``gain_per_s``.
         """
         num_points = 1 if num_points is None else int(num_points)
+        if self._seed_left:
+            return self._seed_suggestions(num_points)
         candidates = self._candidate_energies()
         if candidates.size == 0:
             return []
@@ -262,7 +311,10 @@ class EnergySelectionAgent:
         return chosen
 
     def should_stop(self) -> tuple[bool, str | None]:
-        """Stop once the top candidate is confident enough or the point budget is spent."""
+        """Stop once the top candidate is confident enough or the point budget is spent (never
+        before the seed is measured)."""
+        if self._seed_left or self._n_readings < len(self.seed):
+            return False, None
         top = int(np.argmax(self.probabilities))
         if self.probabilities[top] >= self.confidence:
             return True, f"{self.names[top]} reached p={self.probabilities[top]:.3f} >= {self.confidence}"
@@ -271,7 +323,11 @@ class EnergySelectionAgent:
         return False, None
 
     def get_best_points(self) -> list[tuple[str, dict, dict]]:
-        """The leading candidate, as ``(name, {}, {"probability": p})``."""
+        """The leading candidate, as ``(name, {}, {"probability": p})``.
+
+        The answer of this optimisation is a candidate, not an energy: the first element names
+        it, and there are no parameters to go back to (``navigate_to_best`` moves nothing).
+        """
         top = int(np.argmax(self.probabilities))
         return [(self.names[top], {}, {"probability": float(self.probabilities[top])})]
 
@@ -346,15 +402,19 @@ class EnergySelectionAgent:
     def _ingest_ranking(self, ranking: Mapping) -> None:
         index = {name: i for i, name in enumerate(self.names)}
         probabilities = np.zeros(len(self.names))
-        for name, p in zip(ranking["names"], ranking["probabilities"]):
-            if name in index:
-                probabilities[index[name]] = float(p)
+        for name, p in zip(ranking["top_names"], ranking["top_probabilities"]):
+            if str(name) in index and np.isfinite(float(p)):
+                probabilities[index[str(name)]] = float(p)
         if probabilities.sum() > 0:
-            self.probabilities = probabilities / probabilities.sum()
+            # as published: the candidates' probabilities leave p_none to "none of these", so a
+            # sample that may be none of them never reaches the stopping confidence
+            self.probabilities = probabilities
+        self.p_none = float(ranking.get("p_none", 0.0) or 0.0)
         self.offset_eV = float(ranking.get("offset_eV", self.offset_eV) or 0.0)
         self.broadening_eV = float(ranking.get("broadening_eV", self.broadening_eV) or 0.0)
-        if ranking.get("window_eV") is not None:
-            self.window = (float(ranking["window_eV"][0]), float(ranking["window_eV"][1]))
+        window = ranking.get("window_eV")
+        if window is not None and len(window) == 2 and np.all(np.isfinite(np.asarray(window, dtype=float))):
+            self.window = (float(window[0]), float(window[1]))
 
 
 class SpaceFillingAgent(EnergySelectionAgent):
@@ -367,8 +427,12 @@ class SpaceFillingAgent(EnergySelectionAgent):
     that saves beam time? Parameters as :class:`EnergySelectionAgent`.
     """
 
+    suggestion_keys = ("distance_to_nearest_eV", "cost_s")
+
     def suggest(self, num_points: int | None = 1) -> list[dict]:
         num_points = 1 if num_points is None else int(num_points)
+        if self._seed_left:
+            return self._seed_suggestions(num_points)
         candidates = self._candidate_energies()
         measured = list(self._measured.energy)
         current = measured[-1] if measured else None
@@ -378,8 +442,8 @@ class SpaceFillingAgent(EnergySelectionAgent):
                 break
             if measured:
                 gap = np.abs(candidates[:, None] - np.asarray(measured)[None, :]).min(axis=1)
-            else:
-                gap = np.full(candidates.size, np.inf)
+            else:  # nothing measured: every energy is as far as the window is wide (finite, for the record)
+                gap = np.full(candidates.size, float(np.ptp(candidates)))
             cost = beam_time_cost(candidates, current, self.dwell_s, self.mono_speed_eV_per_s, self.settle_s)
             best = int(np.lexsort((cost, -gap))[0])
             chosen.append({"_id": self._suggested, "energy": float(candidates[best]),

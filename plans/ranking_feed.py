@@ -87,24 +87,28 @@ def ranking_from_event(data: Mapping) -> dict:
 
 
 def outcome_from_ranking(ranking: Mapping, _id: Any = None) -> dict:
-    """The outcome of one reading for the agent's ``ingest``: the reading and the posterior after it.
+    """The outcome of one reading, as the agent's ``ingest`` takes it: the reading and the
+    posterior after it.
 
-    ``{"_id", "energy", "mu", "mu_sigma", "ranking": {"names", "probabilities", "offset_eV",
-    "broadening_eV", "window_eV"}}``.
+    ``{"_id", "energy", "mu", "mu_sigma", "top_names", "top_probabilities", "p_none",
+    "offset_eV", "broadening_eV", "window_eV"}``: flat, numbers, strings and arrays of them, so that
+    bluesky-adaptive's ``optimize`` can record it as event data (``window_eV`` is ``[nan, nan]``
+    when the ranking run did not state it).
     """
     ranked = ranking.get("ranking", [])
+    window = ranking.get("window_eV")
+    nan = float("nan")
     return {
         "_id": _id,
-        "energy": ranking["energy"],
-        "mu": ranking["mu"],
-        "mu_sigma": ranking["mu_sigma"],
-        "ranking": {
-            "names": [r["name"] for r in ranked],
-            "probabilities": [r["probability"] for r in ranked],
-            "offset_eV": ranking.get("offset_eV", 0.0),
-            "broadening_eV": ranking.get("broadening_eV", 0.0),
-            "window_eV": ranking.get("window_eV"),
-        },
+        "energy": float(ranking["energy"]),
+        "mu": float(ranking["mu"]),
+        "mu_sigma": float(ranking["mu_sigma"]),
+        "top_names": [str(r["name"]) for r in ranked],
+        "top_probabilities": [float(r["probability"]) for r in ranked],
+        "p_none": float(ranking.get("p_none", 0.0)),
+        "offset_eV": float(ranking.get("offset_eV", 0.0)),
+        "broadening_eV": float(ranking.get("broadening_eV", 0.0)),
+        "window_eV": [float(w) for w in window] if window is not None else [nan, nan],
     }
 
 

@@ -17,7 +17,7 @@ from bluesky.utils import Msg
 
 from endstation.modes import MODE_ROLES, ROLES, SCAN_MODES
 
-from .checks import check_limits, checked_plan, data_keys, detector_roles, find_dwell
+from .checks import ScanMode, check_limits, checked_plan, data_keys, detector_roles, find_dwell
 from .grids import EnergyGrid, make_grid
 from .metadata import merge_md
 
@@ -47,7 +47,7 @@ def xafs_scan(
     edge: str,
     grid: Mapping[str, Any] | EnergyGrid | None = None,
     e0: float | None = None,
-    mode: str = "transmission",
+    mode: ScanMode = "transmission",
     dwell_time: Movable | None = None,
     roles: Mapping[str, str] | None = None,
     md: Mapping[str, Any] | None = None,

@@ -102,13 +102,13 @@ def test_unreachable_catalog_uri_is_a_clear_error():
 def test_xas_replay_cli(catalog, stored_run, tmp_path, capsys):
     uid, live = stored_run
     out = tmp_path / "cli.xdi"
-    assert main([uid, "--catalog", catalog.server.uri, "--xdi", str(out)]) == 0
+    assert main([uid, "--catalog", str(catalog.server.directory), "--xdi", str(out)]) == 0
     data = read_xdi(out)
     events = [d for n, d in live if n == "event"]
     assert np.array_equal(data.columns["i0"], [e["data"]["I0"] for e in events])
     assert data.metadata["Bluesky"]["uid"] == uid
     assert "exit_status success" in capsys.readouterr().err
-    assert main(["no-such-uid", "--catalog", catalog.server.uri]) == 2
+    assert main(["no-such-uid", "--catalog", str(catalog.server.directory)]) == 2
     assert "no-such-uid" in capsys.readouterr().err
     assert main([uid, "--catalog", "http://127.0.0.1:9/api/v1"]) == 2
     assert "cannot reach the Tiled server" in capsys.readouterr().err

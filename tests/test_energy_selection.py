@@ -54,7 +54,7 @@ def test_agent_suggests_the_discriminating_energy_and_respects_the_shared_offset
 
     # A calibration offset moves where the difference is seen in the measured spectrum: a reading
     # at E sees the model at E + offset (the ranking engine's convention).
-    agent.ingest([{"ranking": {"names": ["plain", "bump"], "probabilities": [0.5, 0.5], "offset_eV": 4.0}}])
+    agent.ingest([{"top_names": ["plain", "bump"], "top_probabilities": [0.5, 0.5], "offset_eV": 4.0}])
     assert abs(agent.suggest(1)[0]["energy"] - 9026.0) <= 1.0
 
 
@@ -89,7 +89,7 @@ def test_should_stop_on_confidence_and_on_budget():
     mean, std = _two_candidates()
     agent = EnergySelectionAgent(["a", "b"], GRID, mean, std, confidence=0.9, max_points=3)
     assert agent.should_stop() == (False, None)
-    agent.ingest([{"ranking": {"names": ["b", "a"], "probabilities": [0.93, 0.07]}}])
+    agent.ingest([{"top_names": ["b", "a"], "top_probabilities": [0.93, 0.07]}])
     stop, reason = agent.should_stop()
     assert stop and reason.startswith("b reached p=0.930")
     assert agent.get_best_points()[0][0] == "b"
@@ -161,5 +161,5 @@ def test_space_filling_agent_bisects_the_largest_gap_whatever_the_model_says():
     assert chosen[0]["distance_to_nearest_eV"] == pytest.approx(30.0, abs=0.25)
     assert chosen[1]["energy"] in (pytest.approx(9015.0, abs=0.25), pytest.approx(9045.0, abs=0.25))
     # Same stopping rule as the information-gain agent.
-    agent.ingest([{"ranking": {"names": ["plain", "bump"], "probabilities": [0.97, 0.03]}}])
+    agent.ingest([{"top_names": ["plain", "bump"], "top_probabilities": [0.97, 0.03]}])
     assert agent.should_stop()[0]

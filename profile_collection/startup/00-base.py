@@ -32,11 +32,14 @@ RE = RunEngine({})
 RE.md.setdefault("beamline_id", "sim-xas")
 RE.md.setdefault("facility", "simulated NSLS-II-style")
 
-# Storage: every run goes to the catalog; a write failure is logged, counted in
-# catalog.failures, and the run stays in catalog.cache (retry/export it).
+# Storage: every run goes to the catalog (the local one is served to all your processes, so
+# xas-replay or a notebook read it while this session writes); a write failure is logged, counted
+# in catalog.failures, the run stays in catalog.cache (retry/export it), and catalog.checked fails
+# the plan (and marks the run's stop document) so that neither you nor the queue take it for success.
 if "catalog" not in globals():
     catalog = open_catalog()
 RE.subscribe(catalog)
+RE.preprocessors.append(catalog.checked)
 
 if not is_re_worker_active():
     # Interactive session: progress bars and live table/plots. The queue server's worker
