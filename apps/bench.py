@@ -307,7 +307,7 @@ def reference_problems(model: str, seed: int, *, stream=sys.stdout) -> tuple[lis
     if model == "feff":
         root = _feff_root()
         wanted = {Composition(f).reduced_formula for _, f in CU_REFERENCES.values()}
-        wanted |= {"Cu4O3", "Cu2H3ClO3", "CuFeS2", "Cu5FeS4", "CuFeO2", "CuFe2O4", "Cu2HPO5", "CuH2SiO4"}
+        wanted |= {"Cu2O", "Cu4O3", "Cu2H3ClO3", "CuFeS2", "Cu5FeS4", "CuFeO2", "CuFe2O4", "Cu2HPO5", "CuH2SiO4"}
         formula = {}
         for d in sorted(os.scandir(root), key=lambda e: e.name):
             poscar = Path(d.path) / "POSCAR"
@@ -373,7 +373,7 @@ def ranking_window(library) -> tuple[float, float]:
 
     k = min(2, len(library))
     engine = RankingEngine(library.names[:k], library.energies, library.mean[:k], library.std[:k],
-                           config=RankingConfig())
+                           config=RankingConfig.for_library(library))
     return float(engine.window[0]), float(engine.window[1])
 
 

@@ -394,15 +394,15 @@ def read_feff_references(path: Path = FEFF_REFERENCES) -> dict:
 #: The settings ``xas-bench calibrate`` compares (each combination). The first group changes the
 #: sufficient statistics, the second only how the posterior is read from them.
 CALIBRATION_GRID = {
-    "discrepancy_block_eV": (3.0,),
+    "discrepancy_block_eV": (3.0, 5.0),
     "model_white": (0.6, 1.0),
-    "discrepancy_sd": ((0.005, 0.03), (0.01, 0.05)),
-    "none_sd": (0.04, 0.08),
+    "discrepancy_sd": ((0.01, 0.05), (0.01, 0.05, 0.12), (0.02, 0.1, 0.2)),
+    "none_sd": (0.08, 0.15, 0.3),
 }
 CALIBRATION_READOUT = {
-    "temperature": (1.5, 2.0, 3.0),
+    "temperature": (2.0, 3.0, 5.0),
     "none_gamma": (0.0, 0.1),
-    "none_prior": (0.05, 0.2),
+    "none_prior": (0.1, 0.3),
 }
 
 
@@ -456,6 +456,18 @@ def calibrate(model: str, n_tasks: int, n_candidates: int, seed: int, stream=sys
             "table": table, "best": table[0], "wall_s": round(time.perf_counter() - t0, 1)}
 
 
+def write_settings(model: str, settings: dict, source: str) -> None:
+    """Store ``settings`` as ``model``'s ranking settings (:data:`SETTINGS_FILE`)."""
+    from xas_callbacks.ranking import SETTINGS_FILE
+
+    data = json.loads(SETTINGS_FILE.read_text()) if SETTINGS_FILE.is_file() else {}
+    data.setdefault("about", "RankingConfig fields per model, chosen by `xas-bench calibrate --write` on "
+                             "validation data only (see the README); other fields keep their defaults.")
+    data.setdefault("models", {})[model] = {"calibration": source, "git": git_state().get("commit"),
+                                            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}}
+    SETTINGS_FILE.write_text(json.dumps(data, indent=1) + "\n")
+
+
 def _brief(summary: dict) -> dict:
     return {k: summary.get(k) for k in ("n", "top1", "top3", "ece", "mean_log_loss", "accuracy_of_top_answer")}
 
@@ -464,7 +476,7 @@ def real(model: str, n_tasks: int, n_candidates: int, seed: int, stream=sys.stdo
     from xas_callbacks.ranking import RankingConfig
 
     t0 = time.perf_counter()
-    config = RankingConfig()
+    config = RankingConfig.for_model(model)
     out = {"benchmark": "xas-bench real", "model": model, "git": git_state(), "seed": seed,
            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()}, "sets": {}}
     sets = {}
@@ -523,6 +535,9 @@ def add_parsers(sub) -> None:
         p.add_argument("--candidates", type=int, default=40, help="candidates per simulated measurement")
         p.add_argument("--seed", type=int, default=20261202)
         p.add_argument("--out", type=Path, default=RESULTS)
+        if name == "calibrate":
+            p.add_argument("--write", action="store_true",
+                           help="store the best settings as the model's (xas_callbacks/ranking_settings.json)")
 
 
 def run(args, stream=sys.stdout) -> int:
@@ -530,6 +545,8 @@ def run(args, stream=sys.stdout) -> int:
     if args.command == "calibrate":
         result = calibrate(args.model, args.tasks, args.candidates, args.seed, stream)
         path = args.out / f"calibration_{args.model}.json"
+        if args.write:
+            write_settings(args.model, result["best"]["settings"], source=str(path))
     else:
         result = real(args.model, args.tasks, args.candidates, args.seed, stream)
         path = args.out / f"real_{args.model}.json"

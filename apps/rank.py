@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg_kw.update(offset_prior_mean=args.offset_prior[0], offset_prior_sd=args.offset_prior[1])
         if args.offset_range:
             cfg_kw.update(offset_min=args.offset_range[0], offset_max=args.offset_range[1])
-        eng, res, nm = rank_spectrum(spec, library, RankingConfig(**cfg_kw), e0=args.e0)
+        eng, res, nm = rank_spectrum(spec, library, RankingConfig.for_library(library, **cfg_kw), e0=args.e0)
         if args.verify_top > 0:
             absorber, edge = absorber_and_edge(library, args.absorber, args.edge)
     except (OSError, ValueError) as exc:

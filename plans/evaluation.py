@@ -226,7 +226,7 @@ def xas_optimization_problem(
         raise ValueError(f"xas_optimization_problem: mode must be one of {SCAN_MODES}, got {mode!r}")
     library = candidate_library(candidates, model, element, edge)
     e0 = make_grid(element, edge, None, e0=e0).e0
-    config = ranking_config or RankingConfig()
+    config = ranking_config or RankingConfig.for_library(library)
     seed_set = plan_seed(e0, library, config, seed)
     check_limits(energy, seed_set, plan_name="xas_optimization_problem")
     callback = XASRankingCallback(library, emit=emit, config=config)

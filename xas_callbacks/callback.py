@@ -94,7 +94,8 @@ class XASRankingCallback(RunRouter):
     top_k : int
         Candidates per ranking event.
     config : RankingConfig, optional
-        Grids and priors of the ranking model.
+        Grids and priors of the ranking model; default: the settings chosen on validation data
+        for the library's model (:meth:`RankingConfig.for_library`).
     stream_name : str
         Stream whose events are ranked.
     mode : str, optional
@@ -140,7 +141,7 @@ class XASRankingCallback(RunRouter):
             plot = LiveRankingPlot()
         self.plot = plot or None
         self.top_k = int(top_k)
-        self.config = config or RankingConfig()
+        self.config = config or RankingConfig.for_library(library)
         self.stream_name = stream_name
         self.mode_override = mode
         self.renorm_rtol = float(renorm_rtol)

@@ -31,9 +31,11 @@ of points already seen. The same points in the same order give the same results.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 
@@ -140,6 +142,18 @@ class RankingConfig:
     full_every: int = 100
     prune_eps: float = 1e-10
 
+    @classmethod
+    def for_model(cls, model: str | None, **overrides) -> "RankingConfig":
+        """The settings chosen on validation data for candidates predicted by ``model``
+        (:data:`SETTINGS_FILE`, written by ``xas-bench calibrate``), with ``overrides``; the
+        class defaults for a model the file does not name (e.g. computed FEFF spectra)."""
+        return cls(**{**_calibrated_settings().get(str(model), {}), **overrides})
+
+    @classmethod
+    def for_library(cls, library, **overrides) -> "RankingConfig":
+        """:meth:`for_model` of the model that predicted ``library`` (its provenance)."""
+        return cls.for_model(getattr(library, "provenance", {}).get("model"), **overrides)
+
     @property
     def levels(self) -> np.ndarray:
         """Discrepancy 1-sigma of every level, "none of these" last."""
@@ -151,6 +165,20 @@ class RankingConfig:
         k = len(self.discrepancy_sd)
         w = np.ones(k) if self.discrepancy_prior is None else np.asarray(self.discrepancy_prior, dtype=float)
         return np.log(np.append((1.0 - self.none_prior) * w / w.sum(), self.none_prior))
+
+
+#: Per-model ranking settings chosen on validation data by ``xas-bench calibrate --write``.
+SETTINGS_FILE = Path(__file__).with_name("ranking_settings.json")
+
+
+def _calibrated_settings() -> dict:
+    """model -> RankingConfig fields, from :data:`SETTINGS_FILE` (tuples restored)."""
+    if not SETTINGS_FILE.is_file():
+        return {}
+    raw = json.loads(SETTINGS_FILE.read_text())
+    known = {f.name for f in fields(RankingConfig)}
+    return {model: {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
+            for model, values in raw.get("models", {}).items()}
 
 
 @dataclass
@@ -348,16 +376,10 @@ class RankingTables:
         self.window = (float(self.grid[0] - self.offsets[0]), float(self.grid[-1] - self.offsets[-1] - h))
 
         outside = (self.grid < energies[0]) | (self.grid > energies[-1])
-        mfine = np.empty((N, G))
         vfine = np.empty((N, G))
+        mfine = extended(energies, mean, self.grid)
         for i in range(N):  # np.interp extends with end values
-            mfine[i] = np.interp(self.grid, energies, mean[i])
             vfine[i] = np.interp(self.grid, energies, std[i])
-        # Below the model's grid a normalised spectrum is its pre-edge: the first value decays to
-        # zero over PRE_EDGE_DECAY_EV (a grid that starts at the foot of the edge, as cu-k's does,
-        # would otherwise continue the edge foot flat into the pre-edge).
-        below = self.grid < energies[0]
-        mfine[:, below] *= np.exp(-0.5 * ((self.grid[below] - energies[0]) / PRE_EDGE_DECAY_EV) ** 2)[None, :]
         vfine = vfine**2 + np.where(outside, cfg.extrapolation_sd**2, 0.0)[None, :]
         # (W, G, N): candidates innermost, so every per-cell array is (W, O, N)
         self.M = np.empty((W, G, N), dtype=dtype)
@@ -813,6 +835,21 @@ def _logsumexp(x: np.ndarray, axis=None) -> np.ndarray:
     return np.squeeze(out, axis=axis)
 
 
+def extended(energies, mean, at) -> np.ndarray:
+    """Spectra ``mean`` (N, E) on ``energies`` read at ``at``, beyond their grid too: above it the
+    last value holds; below it a normalised spectrum is its pre-edge, so the first value decays
+    to zero over :data:`PRE_EDGE_DECAY_EV` (a grid that starts at the foot of the edge, as
+    cu-k's does, would otherwise continue the edge foot flat into the pre-edge)."""
+    energies, at = np.asarray(energies, dtype=float), np.asarray(at, dtype=float)
+    mean = np.atleast_2d(np.asarray(mean, dtype=float))
+    j = np.clip(np.searchsorted(energies, at) - 1, 0, energies.size - 2)
+    t = np.clip((at - energies[j]) / (energies[j + 1] - energies[j]), 0.0, 1.0)
+    out = mean[:, j] * (1.0 - t) + mean[:, j + 1] * t
+    below = at < energies[0]
+    out[:, below] *= np.exp(-0.5 * ((at[below] - energies[0]) / PRE_EDGE_DECAY_EV) ** 2)[None, :]
+    return out
+
+
 def flatten_like_candidates(energy, y, tables: RankingTables) -> np.ndarray:
     """Normalised readings flattened as the candidates were (same window above the edge, here the
     readings' own half-height edge); unchanged while the edge or the window has too few points."""
@@ -875,17 +912,16 @@ def data_offset_prior(energy, y, model_energies, model_mean, alignment_sd: float
         return None
     mean = np.atleast_2d(np.asarray(model_mean, dtype=float))
     shifts = np.arange(-search_eV, search_eV + 1e-9, 0.5)
+    # the same readings for every shift: those around the measured edge
+    edge = edge_half_height(energy, y)
+    sel = (energy > edge - 30.0) & (energy < edge + 60.0) if np.isfinite(edge) else np.ones(energy.size, bool)
+    if sel.sum() < 4:
+        return None
+    e, yy = energy[sel], y[sel]
+    n = yy.size
     cost = np.full((shifts.size, mean.shape[0]), np.inf)
     for i, s in enumerate(shifts):
-        sel = (energy + s >= model_energies[0]) & (energy + s <= model_energies[-1])
-        if sel.sum() < 4:
-            continue
-        at = energy[sel] + s
-        j = np.clip(np.searchsorted(model_energies, at) - 1, 0, model_energies.size - 2)
-        t = (at - model_energies[j]) / (model_energies[j + 1] - model_energies[j])
-        x = mean[:, j] * (1.0 - t) + mean[:, j + 1] * t  # (N, n): every candidate at once
-        yy = y[sel]
-        n = yy.size
+        x = extended(model_energies, mean, e + s)  # (N, n): every candidate at once
         sx, sy, sxx, sxy = x.sum(1), yy.sum(), (x * x).sum(1), x @ yy
         det = n * sxx - sx * sx
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -921,7 +957,7 @@ def rank_spectrum(spectrum: dict, library, config: RankingConfig | None = None,
     E, mu, var = E[order], np.asarray(spectrum["mu"])[order], np.asarray(spectrum["var"])[order]
     nm = normalize(E, mu, e0 if e0 is not None else spectrum.get("e0"))
     y, v = nm.apply(E, mu, var)
-    config = config or RankingConfig()
+    config = config or RankingConfig.for_library(library)
     eng = RankingEngine(config=config, tables=ranking_tables(library.names, library.energies, library.mean,
                                                              library.std, config, dtype=dtype))
     y = flatten_like_candidates(E, y, eng.tables)
