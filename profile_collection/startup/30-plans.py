@@ -17,6 +17,18 @@ from plans import DEFAULT_GRID, adaptive_xas_plan, make_grid, xafs_scan  # noqa:
 from plans.metadata import merge_md
 
 
+def candidate_library_of(candidates, model="cu-k"):
+    """``candidates`` as a ``CandidateLibrary``: a library as it is; a list of structures or SMILES
+    predicted with ``model``; a path (structure folder, SMILES file, FEFF folder, saved library) read."""
+    from xas_callbacks.candidates import CandidateLibrary
+
+    if isinstance(candidates, CandidateLibrary):
+        return candidates
+    if isinstance(candidates, (list, tuple)):
+        return CandidateLibrary.from_structures(list(candidates), model=model)
+    return CandidateLibrary.from_source(candidates, model=model)
+
+
 def xafs(element="Cu", edge="K", grid=None, *, e0=None, mode="transmission", md=None):
     """``xafs_scan`` of this endstation's detectors, with its XDI metadata (``md`` merged in)."""
     return (yield from xafs_scan(detectors, energy, element=element, edge=edge, grid=grid,
@@ -28,22 +40,20 @@ def adaptive(candidates, element="Cu", edge="K", *, model="cu-k", confidence=0.9
              md=None):
     """``adaptive_xas_plan`` of this endstation's detectors, with its XDI metadata.
 
-    ``candidates``: a folder of structure files, a SMILES file, a FEFF folder, a saved library or a
-    ``CandidateLibrary``. The ranking comes from the callback ``enable_ranking`` subscribed when
+    ``candidates``: a folder of structure files, a SMILES file, a FEFF folder, a saved library, a
+    list of structures or SMILES, or a ``CandidateLibrary``. The ranking comes from the callback ``enable_ranking`` subscribed when
     it ranks these candidates; otherwise from one made for this run. Either way its ranking run is
     stored in the catalog beside the raw run.
     """
     from plans.ranking_feed import InProcessRankingFeed
     from xas_callbacks.callback import XASRankingCallback
-    from xas_callbacks.candidates import CandidateLibrary
 
-    library = candidates if isinstance(candidates, CandidateLibrary) else CandidateLibrary.from_source(
-        candidates, model=model)
+    library = candidate_library_of(candidates, model)
     subscribed = globals().get("ranking_callback")
     if subscribed is not None and subscribed.ranks(library):
         feed = InProcessRankingFeed(subscribed, subscribe=False)
-    else:
-        feed = InProcessRankingFeed(XASRankingCallback(library, emit=catalog))
+    else:  # a callback for this run, its ranking drawn live (00-base's ranking_plot)
+        feed = InProcessRankingFeed(XASRankingCallback(library, emit=catalog, plot=ranking_plot()))
     return (yield from adaptive_xas_plan(
         detectors, energy, element=element, edge=edge, candidates=library, model=model,
         confidence=confidence, max_points=max_points, max_beam_time_s=max_beam_time_s, dwell_s=dwell_s,
