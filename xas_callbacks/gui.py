@@ -18,6 +18,8 @@ and close during a scan.
   the RunEngine (nor out of a Qt slot, which would abort the process).
 * :func:`default_plot_dir` -- ``$XAS_USER_DIR/plots`` (``~/.local/share/steered-xas/plots``),
   where headless runs write ``scan{scan_id}-{uid8}-{what}.png``.
+* :func:`virtual_display` -- a virtual X server (Debian's ``xvfb``) for real windows without a
+  screen: the real-window test, the overhead benchmark, screenshots.
 """
 
 from __future__ import annotations
@@ -25,11 +27,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import select
+import shutil
+import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from bluesky.callbacks.mpl_plotting import QtAwareCallback
 
@@ -44,15 +50,21 @@ __all__ = [
     "plot_file_name",
     "LiveFigure",
     "RedrawThrottle",
+    "virtual_display",
 ]
 
 #: Qt bindings matplotlib's ``qt_compat`` can use, in its order of preference.
 QT_BINDINGS = ("PyQt6", "PySide6", "PyQt5", "PySide2")
 
-#: Redraws per second a live plot makes at most: a figure of a few hundred points takes 20-60 ms
-#: to render on this 2-core machine (benchmarks/results/scan_overhead.json), so 4 per second keep
-#: the GUI thread mostly idle and the GIL free for the RunEngine, and still look live.
+#: Shortest time between two redraws of a live plot: at most 4 per second look live.
 DEFAULT_MIN_INTERVAL_S = 0.25
+
+#: Largest share of the time a live plot may spend rendering. Rendering holds the GIL, which the
+#: RunEngine's thread needs: a two-panel figure took 130 ms to render on the shared 2-core
+#: development machine (mostly tick labels and text; profiled with cProfile), so at 4 redraws per
+#: second a plot alone would hold the GIL half of the time. After each redraw the next waits at
+#: least render time / MAX_BUSY (about 0.9 s there, 0.25 s on a desktop that renders in 35 ms).
+MAX_BUSY = 0.15
 
 
 # ----------------------------------------------------------------------------- the session
@@ -152,6 +164,45 @@ def start_session_gui(ipython=None, *, environ=None) -> str:
     return "qt"
 
 
+@contextmanager
+def virtual_display(size=(1280, 1000), depth: int = 24, timeout_s: float = 20.0) -> Iterator[str]:
+    """Run a virtual X server (``Xvfb``) for the duration; yields its ``DISPLAY`` (e.g. ``":3"``).
+
+    Xvfb picks a free display number itself (``-displayfd``). Raises ``RuntimeError`` when Xvfb
+    is not installed (Debian: ``apt-get install xvfb``) or does not start in ``timeout_s``.
+    """
+    exe = shutil.which("Xvfb")
+    if exe is None:
+        raise RuntimeError("Xvfb not found (Debian/Ubuntu: apt-get install xvfb)")
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen([exe, "-displayfd", str(write_fd), "-screen", "0", f"{size[0]}x{size[1]}x{depth}",
+                             "-nolisten", "tcp"], pass_fds=(write_fd,), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    os.close(write_fd)
+    try:
+        number = b""
+        deadline = time.monotonic() + timeout_s
+        while not number.endswith(b"\n") and time.monotonic() < deadline and proc.poll() is None:
+            ready, _, _ = select.select([read_fd], [], [], 0.2)
+            if ready:
+                chunk = os.read(read_fd, 64)
+                if not chunk:
+                    break
+                number += chunk
+        if not number.strip():
+            err = proc.stderr.read().decode(errors="replace")[-400:] if proc.poll() is not None else ""
+            raise RuntimeError(f"Xvfb did not start within {timeout_s} s {err}".strip())
+        yield f":{int(number)}"
+    finally:
+        os.close(read_fd)
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 _NON_INTERACTIVE = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template", "module://matplotlib_inline.backend_inline"}
 
 
@@ -173,26 +224,32 @@ def plot_file_name(start_doc: dict | None, what: str) -> str:
 
 # ------------------------------------------------------------------------------- redraws
 class RedrawThrottle:
-    """Calls ``draw()`` at most once per ``min_interval_s``; the latest request is always honoured.
+    """Calls ``draw()`` at most once per ``min_interval_s``, and at most ``max_busy`` of the time;
+    the latest request is always honoured.
 
     In a Qt session :meth:`request` is called in the GUI thread (where a teleported callback's
-    methods run): a single-shot ``QTimer`` there coalesces every request until it fires. Without
-    Qt, requests are only remembered and :meth:`flush` draws (at the end of a run).
+    methods run): a single-shot ``QTimer`` there coalesces every request until it fires. After a
+    draw that took ``t`` seconds the next one waits at least ``max(min_interval_s, t / max_busy)``.
+    Without Qt, requests are only remembered and :meth:`flush` draws (at the end of a run).
 
     Attributes
     ----------
     requests, draws : int
         Requests received and draws made (for tests and the benchmark).
+    gap_s : float
+        The current shortest time between two draws.
     """
 
     def __init__(self, draw: Callable[[], None], min_interval_s: float = DEFAULT_MIN_INTERVAL_S, *,
-                 live: bool = True) -> None:
+                 max_busy: float = MAX_BUSY, live: bool = True) -> None:
         self._draw = draw
         self.min_interval_s = max(0.0, float(min_interval_s))
+        self.max_busy = min(1.0, max(1e-3, float(max_busy)))
         self.live = bool(live)
         self.requests = 0
         self.draws = 0
         self.pending = False
+        self.gap_s = self.min_interval_s
         self._last = -float("inf")
         self._timer = None
 
@@ -209,7 +266,7 @@ class RedrawThrottle:
             self._timer.setSingleShot(True)
             self._timer.timeout.connect(self._fire)
         if not self._timer.isActive():
-            wait = max(0.0, self.min_interval_s - (time.monotonic() - self._last))
+            wait = max(0.0, self.gap_s - (time.monotonic() - self._last))
             self._timer.start(int(1000 * wait))
 
     def flush(self) -> None:
@@ -221,9 +278,13 @@ class RedrawThrottle:
 
     def _fire(self) -> None:
         self.pending = False
-        self._last = time.monotonic()
         self.draws += 1
-        self._draw()
+        t0 = time.monotonic()
+        try:
+            self._draw()
+        finally:
+            self._last = time.monotonic()
+            self.gap_s = max(self.min_interval_s, (self._last - t0) / self.max_busy)
 
 
 # ------------------------------------------------------------------------ the live figure
@@ -362,7 +423,7 @@ class LiveFigure(QtAwareCallback):
         try:
             self.redraw()
             if self.windows:
-                self.fig.canvas.draw_idle()
+                self.fig.canvas.draw()  # now, in this (the GUI) thread: the throttle times it
         except Exception as exc:  # noqa: BLE001 -- e.g. a window closed while drawing
             self.errors += 1
             logger.exception("%s: redraw failed: %s", type(self).__name__, exc)
@@ -389,8 +450,6 @@ class LiveFigure(QtAwareCallback):
 
     def _save(self, path: Path) -> None:
         try:
-            if not self.windows:
-                self.fig.canvas.draw()  # off-screen: render once, now
             path.parent.mkdir(parents=True, exist_ok=True)
             self.fig.savefig(path, dpi=self.fig.dpi)
         except Exception as exc:  # noqa: BLE001

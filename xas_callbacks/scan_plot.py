@@ -179,16 +179,20 @@ class LiveXASPlot(LiveFigure):
             fig.subplots_adjust(left=0.1, right=0.9, bottom=0.08, top=0.9, hspace=0.42)
         else:
             self.ax_mu, self.ax_dec = fig.subplots(1, 1), None
-            fig.subplots_adjust(left=0.1, right=0.9, bottom=0.1, top=0.9)
+            fig.subplots_adjust(left=0.1, right=0.96, bottom=0.1, top=0.9)
         ax = self.ax_mu
         ax.set_xlabel("energy (eV)")
         ax.set_ylabel(f"normalised mu(E), {self.mode}")
         (self._sorted_line,) = ax.plot([], [], "-", color="0.6", lw=0.8, zorder=2)
-        self._points = ax.scatter([], [], c=[], s=16, cmap="viridis", zorder=3)
+        if self.adaptive:  # measured out of order: colour says when
+            self._points = ax.scatter([], [], c=[], s=16, cmap="viridis", zorder=3)
+            self._points.set_clim(1, 2)
+            colorbar = fig.colorbar(self._points, ax=ax, pad=0.02, fraction=0.04)
+            colorbar.set_label("reading number", fontsize=8)
+            colorbar.locator = MaxNLocator(integer=True)
+        else:
+            self._points = ax.scatter([], [], s=12, color="k", zorder=3)
         (self._latest,) = ax.plot([], [], "o", ms=8, mfc="none", mec="red", mew=1.5, zorder=4)
-        self._colorbar = fig.colorbar(self._points, ax=ax, pad=0.02, fraction=0.04)
-        self._colorbar.set_label("reading number", fontsize=8)
-        self._colorbar.locator = MaxNLocator(integer=True)
         if self.ax_dec is not None:
             ax = self.ax_dec
             ax.set_xlabel("readings taken")
@@ -211,8 +215,9 @@ class LiveXASPlot(LiveFigure):
             order = np.argsort(E, kind="stable")
             self._sorted_line.set_data(E[order], y[order])
             self._points.set_offsets(np.column_stack([E, y]))
-            self._points.set_array(np.arange(1, E.size + 1, dtype=float))
-            self._points.set_clim(1, max(2, E.size))
+            if self.adaptive:
+                self._points.set_array(np.arange(1, E.size + 1, dtype=float))
+                self._points.set_clim(1, max(2, E.size))
             self._latest.set_data(E[-1:], y[-1:])
             ax = self.ax_mu
             ax.relim(visible_only=True)  # the line holds every reading
