@@ -393,7 +393,8 @@ class LiveFigure(QtAwareCallback):
             fig = plt.figure(self.label, figsize=size, dpi=dpi, clear=True)
             manager = getattr(fig.canvas, "manager", None)
             if manager is not None:
-                manager.set_window_title(self.label)
+                scan = (self.run_start or {}).get("scan_id")
+                manager.set_window_title(self.label if scan is None else f"{self.label}: scan {scan}")
             fig.canvas.mpl_connect("close_event", self._on_close)
             fig.canvas.mpl_connect("draw_event", self._on_draw)
             self.closed = False
