@@ -185,6 +185,7 @@ def test_plot_file_name():
     ({"MPLBACKEND": "Agg", "DISPLAY": ":0"}, "headless"),
     ({}, "headless"),  # no display: PNG files
     ({"DISPLAY": ":987"}, "headless"),  # a display that does not open: never Qt (it would abort)
+    ({"DISPLAY": ":987", "MPLBACKEND": "QtAgg"}, "headless"),  # asked for, but no display opens
 ])
 def test_session_gui_is_headless_without_a_display(environ, expected, monkeypatch):
     import matplotlib

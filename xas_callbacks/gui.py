@@ -119,7 +119,8 @@ def start_session_gui(ipython=None, *, environ=None) -> str:
     """Choose how this session shows plots; call once, in the main thread, before the RunEngine.
 
     * ``XAS_PLOTS=0``: ``"off"`` (nothing changed, no live plots).
-    * ``MPLBACKEND`` set: that backend; a Qt one gets IPython's Qt event loop.
+    * ``MPLBACKEND`` set: that backend; a Qt one gets IPython's Qt event loop (where a display
+      opens: otherwise headless, with a warning).
     * a display that opens and a Qt binding: ``"qt"`` -- IPython's ``%matplotlib qt`` (the event
       loop runs while the prompt waits), or the QtAgg backend in a script (bluesky's
       ``DefaultDuringTask`` runs the loop during ``RE(...)``).
@@ -140,13 +141,12 @@ def start_session_gui(ipython=None, *, environ=None) -> str:
     import matplotlib
 
     requested = env.get("MPLBACKEND", "")
-    if requested:
-        qt = "qt" in requested.lower()
-        if not qt:
-            backend = matplotlib.get_backend().lower()
-            return "headless" if backend in _NON_INTERACTIVE else "other"
-    else:
-        qt = display_available() and qt_binding_available()
+    if requested and "qt" not in requested.lower():
+        return "headless" if matplotlib.get_backend().lower() in _NON_INTERACTIVE else "other"
+    qt = display_available() and qt_binding_available()
+    if requested and not qt:  # Qt would abort the process without a display
+        logger.warning("MPLBACKEND=%s but no display opens or no Qt binding is installed: plots go to "
+                       "PNG files in %s", requested, default_plot_dir())
     if not qt:
         matplotlib.use("Agg")
         return "headless"
@@ -387,6 +387,9 @@ class LiveFigure(QtAwareCallback):
         dpi = 100.0
         size = (self.size_px[0] / dpi, self.size_px[1] / dpi)
         self.throttle.pending = False
+        if self.fig is not None:  # this plot's previous run: its handlers go
+            for cid in getattr(self, "_cids", ()):
+                self.fig.canvas.mpl_disconnect(cid)
         if self.windows:
             import matplotlib.pyplot as plt
 
@@ -395,8 +398,6 @@ class LiveFigure(QtAwareCallback):
             if manager is not None:
                 scan = (self.run_start or {}).get("scan_id")
                 manager.set_window_title(self.label if scan is None else f"{self.label}: scan {scan}")
-            fig.canvas.mpl_connect("close_event", self._on_close)
-            fig.canvas.mpl_connect("draw_event", self._on_draw)
             self.closed = False
         else:  # off-screen: never registered with pyplot, safe in any thread
             from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -404,22 +405,34 @@ class LiveFigure(QtAwareCallback):
 
             fig = Figure(figsize=size, dpi=dpi)
             FigureCanvasAgg(fig)
-            fig.canvas.mpl_connect("draw_event", self._on_draw)
+        # A window is reused by the next plot of the same label (e.g. one ranking plot per
+        # adaptive run): the figure remembers its current owner, whose handlers alone count.
+        fig._xas_live_owner = self
+        self._cids = [fig.canvas.mpl_connect("close_event", self._on_close),
+                      fig.canvas.mpl_connect("draw_event", self._on_draw)]
         self.fig = fig
         self.layout(fig)
         if self.windows:
             fig.show()
             fig.canvas.draw_idle()
 
+    def _owns(self, fig) -> bool:
+        return fig is not None and getattr(fig, "_xas_live_owner", None) is self
+
     def _on_close(self, event) -> None:
-        if event.canvas.figure is self.fig:
+        if self._owns(event.canvas.figure):
             self.closed = True
 
     def _on_draw(self, event) -> None:
-        self.draw_log.append((self.n_drawn(), time.monotonic()))
+        if self._owns(event.canvas.figure):
+            self.draw_log.append((self.n_drawn(), time.monotonic()))
+        else:  # another plot took the window over: let go of it
+            for cid in getattr(self, "_cids", ()):
+                event.canvas.mpl_disconnect(cid)
+            self._cids = []
 
     def _redraw_safely(self) -> None:
-        if self.fig is None or (self.windows and self.closed):
+        if not self._owns(self.fig) or (self.windows and self.closed):
             return
         try:
             self.redraw()

@@ -115,7 +115,6 @@ class _Trace:
     def __init__(self, start: dict) -> None:
         self.uid = start.get("uid")
         self.parent_uid = start.get("parent_uid")
-        self.window = (start.get("ranking_config") or {}).get("window_eV")
         self.descriptors: set[str] = set()
         self.energy: list[float] = []
         self.mu: list[float] = []
