@@ -66,6 +66,10 @@ DEFAULT_MIN_INTERVAL_S = 0.25
 #: least render time / MAX_BUSY (about 0.9 s there, 0.25 s on a desktop that renders in 35 ms).
 MAX_BUSY = 0.15
 
+#: ... but a plot is never left more than this long without a redraw while data come (renders
+#: timed while other threads hold the GIL look slow: a figure that looks frozen is worse).
+MAX_GAP_S = 2.0
+
 
 # ----------------------------------------------------------------------------- the session
 def qt_binding_available() -> bool:
@@ -229,7 +233,8 @@ class RedrawThrottle:
 
     In a Qt session :meth:`request` is called in the GUI thread (where a teleported callback's
     methods run): a single-shot ``QTimer`` there coalesces every request until it fires. After a
-    draw that took ``t`` seconds the next one waits at least ``max(min_interval_s, t / max_busy)``.
+    draw that took ``t`` seconds the next one waits ``max(min_interval_s, t / max_busy)``, at most
+    :data:`MAX_GAP_S`.
     Without Qt, requests are only remembered and :meth:`flush` draws (at the end of a run).
 
     Attributes
@@ -284,7 +289,8 @@ class RedrawThrottle:
             self._draw()
         finally:
             self._last = time.monotonic()
-            self.gap_s = max(self.min_interval_s, (self._last - t0) / self.max_busy)
+            busy_gap = (self._last - t0) / self.max_busy
+            self.gap_s = max(self.min_interval_s, min(busy_gap, MAX_GAP_S))
 
 
 # ------------------------------------------------------------------------ the live figure

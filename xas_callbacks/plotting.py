@@ -263,8 +263,9 @@ class LiveRankingPlot(LiveFigure):
         handles = [self._points] + [c for c in self._curves if c.get_visible()]
         ax.legend(handles=handles, labels=[h.get_label() for h in handles], fontsize=7, loc="lower right")
         chi2 = float(last.get("top_reduced_chi2", np.nan))
-        ax.set_title(f"offset {float(last.get('offset', np.nan)):+.2f} ± {float(last.get('offset_sd', np.nan)):.2f} eV,"
-                     f" broadening {float(last.get('broadening', np.nan)):.1f} eV"
+        offset, offset_sd = float(last.get("offset", np.nan)), float(last.get("offset_sd", np.nan))
+        broadening = float(last.get("broadening", np.nan))
+        ax.set_title(f"offset {offset:+.2f} ± {offset_sd:.2f} eV, broadening {broadening:.1f} eV"
                      + (f", leader's chi²/reading {chi2:.2g}" if np.isfinite(chi2) else ""), fontsize=8)
         ax.set_ylabel("normalised mu(E)" + (" (provisional)" if nm.method == "provisional" else ""))
         self.fig.suptitle(self._title(names[0] if names else None, probs[0] if probs else None), fontsize=10)

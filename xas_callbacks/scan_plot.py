@@ -220,8 +220,7 @@ class LiveXASPlot(LiveFigure):
                 self._points.set_clim(1, max(2, E.size))
             self._latest.set_data(E[-1:], y[-1:])
             ax = self.ax_mu
-            provisional = " (provisional: edge step not yet measured)" if nm.method == "provisional" else ""
-            ax.set_ylabel(f"normalised mu(E), {self.mode}{provisional}", fontsize=9 if provisional else None)
+            ax.set_ylabel(f"normalised mu(E), {self.mode}" + (" (provisional)" if nm.method == "provisional" else ""))
             ax.relim(visible_only=True)  # the line holds every reading
             ax.autoscale_view()
             self._n_drawn = int(E.size)

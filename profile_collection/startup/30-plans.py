@@ -41,9 +41,10 @@ def adaptive(candidates, element="Cu", edge="K", *, model="cu-k", confidence=0.9
     """``adaptive_xas_plan`` of this endstation's detectors, with its XDI metadata.
 
     ``candidates``: a folder of structure files, a SMILES file, a FEFF folder, a saved library, a
-    list of structures or SMILES, or a ``CandidateLibrary``. The ranking comes from the callback ``enable_ranking`` subscribed when
-    it ranks these candidates; otherwise from one made for this run. Either way its ranking run is
-    stored in the catalog beside the raw run.
+    list of structures or SMILES, or a ``CandidateLibrary``. The ranking comes from the callback
+    ``enable_ranking`` subscribed when it ranks these candidates; otherwise from one made for this
+    run, drawn live (``ranking_plot()``). Either way its ranking run is stored in the catalog
+    beside the raw run.
     """
     from plans.ranking_feed import InProcessRankingFeed
     from xas_callbacks.callback import XASRankingCallback
