@@ -10,6 +10,7 @@
      shared data);
    * ``plots``: the live table (``XASBestEffortCallback``, printing to /dev/null) and the live
      mu(E) plot (``LiveXASPlot``), plus the ranking plot when ranking is on;
+   * ``live``: ranking and plots, no storage (what the plots and the ranking add together);
    * ``all``: the three together, the ranking documents stored too.
 
    overhead per point = (median wall time with the part on - median bare) / points. Each backend
@@ -20,7 +21,7 @@
 Writes ``benchmarks/results/scan_overhead.json`` and ``scan_overhead.png``.
 
     python benchmarks/bench_scan_overhead.py [--points 400] [--repeats 5] [--session-repeats 3]
-        [--backends agg qt] [--parts bare storage ranking plots all]
+        [--backends agg qt] [--parts bare storage ranking plots live all]
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "scan_overhead.json"
 GOAL_MS_PER_POINT = 20.0
-PARTS = ("bare", "storage", "ranking", "plots", "all")
+PARTS = ("bare", "storage", "ranking", "plots", "live", "all")
 N_CANDIDATES = 40
 
 
@@ -135,8 +136,8 @@ def _subscriptions(part: str, RE, catalog, library, plot_dir: Path) -> tuple[lis
     from xas_callbacks.scan_plot import LiveXASPlot, XASBestEffortCallback
 
     storage = part in ("storage", "all")
-    ranking = part in ("ranking", "all")
-    plots = part in ("plots", "all")
+    ranking = part in ("ranking", "live", "all")
+    plots = part in ("plots", "live", "all")
     callbacks, watched = [], {}
     if storage:
         callbacks.append(catalog)
