@@ -62,8 +62,9 @@ def test_the_session_survives_resizing_moving_and_closing_windows_mid_scan(sessi
     assert report["mu_points"] > report["closed_mu_window_at"]  # the plot kept up with the data after the close
     assert report["ranking_errors"] == 0 and report["mu_errors"] == 0
     assert not report["callback_errors"].get("emit_errors")
-    assert "Threads" not in proc.stderr and "QObject::setParent" not in proc.stderr, proc.stderr[-2000:]
-    assert "outside of the main thread" not in proc.stderr
+    # what Qt and matplotlib say when a window is made or drawn from the RunEngine's thread
+    for sign in ("different thread", "QObject::setParent", "outside of the main thread", "Segmentation"):
+        assert sign not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_the_ranking_is_drawn_during_the_scan_not_only_at_the_end(session):
