@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 from event_model import unpack_event_page
+from matplotlib.ticker import MaxNLocator
 
 from models.normalization import normalize
 from xas_callbacks.gui import DEFAULT_MIN_INTERVAL_S, LiveFigure
@@ -230,6 +231,7 @@ class LiveRankingPlot(LiveFigure):
         self._curves = [ax.plot([], [], color=COLORS[i % len(COLORS)], lw=1.4)[0] for i in range(self.top)]
         ax_p = self.ax_prob
         ax_p.set_xlabel("readings used")
+        ax_p.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax_p.set_ylabel("probability")
         ax_p.set_ylim(-0.02, 1.02)
         self._histories = [ax_p.plot([], [], "-", color=COLORS[i % len(COLORS)], lw=1.4)[0] for i in range(self.top)]

@@ -196,6 +196,7 @@ class LiveXASPlot(LiveFigure):
         if self.ax_dec is not None:
             ax = self.ax_dec
             ax.set_xlabel("readings taken")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel("leader's probability")
             ax.set_ylim(-0.02, 1.08)
             ax.set_xlim(0, int((self.xas.get("policy") or {}).get("max_points") or 5) + 1)
