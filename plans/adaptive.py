@@ -171,22 +171,28 @@ def make_agent(name: str, library, *, dwell_s: float, mono_speed_eV_per_s: float
     )
 
 
-def candidate_library(candidates: Any, model: str | None, element: str, edge: str):
-    """The candidates as a :class:`~xas_callbacks.candidates.CandidateLibrary`, predicted with
-    ``model`` where they are structures; refused (``ValueError``) when empty or when the model or
-    the candidates are for another element or edge."""
-    if model is not None and not isinstance(candidates, CandidateLibrary):
+def candidate_library(candidates: Any, model: str | None, element: str | None = None, edge: str | None = None):
+    """The candidates as a :class:`~xas_callbacks.candidates.CandidateLibrary`: a library as it
+    is; a path (:meth:`~xas_callbacks.candidates.CandidateLibrary.from_source`) or a list of
+    structures or SMILES, predicted with ``model``. Refused (``ValueError``) when empty or when
+    the model or the candidates are for another element or edge than the ones given."""
+    if model is not None and element is not None and not isinstance(candidates, CandidateLibrary):
         from models.predictor import model_card
 
         card = model_card(model)
         if (card["element"], card["edge"].upper()) != (element, edge.upper()):
             raise ValueError(f"model {model!r} predicts the {card['element']} {card['edge']}-edge, "
                              f"not the {element} {edge}-edge asked for")
-    library = candidates if isinstance(candidates, CandidateLibrary) else CandidateLibrary.from_source(
-        candidates, model=model)
+    if isinstance(candidates, CandidateLibrary):
+        library = candidates
+    elif isinstance(candidates, (list, tuple)):
+        library = CandidateLibrary.from_structures(list(candidates), model=model)
+    else:
+        library = CandidateLibrary.from_source(candidates, model=model)
     if len(library) < 1:
         raise ValueError(f"no usable candidates in {candidates!r}: {library.failures}")
-    library.check_absorber(element, edge)
+    if element is not None:
+        library.check_absorber(element, edge)
     return library
 
 

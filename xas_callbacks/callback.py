@@ -88,9 +88,11 @@ class XASRankingCallback(RunRouter):
     emit : callable(name, doc), optional
         A first subscriber to the ranking documents (e.g. the catalog); more with
         :meth:`subscribe`.
-    plot : object or bool, optional
-        A :class:`xas_callbacks.plotting.LiveRankingPlot` (or anything with ``update(run)`` and
-        ``finish(run)``); True makes a default one.
+    plot : callable or bool, optional
+        A live plot of the ranking documents, subscribed like any subscriber: a
+        :class:`xas_callbacks.plotting.LiveRankingPlot` (given this callback's per-run lookup of
+        the raw start document and the candidate tables), or any ``plot(name, doc)``; True makes
+        a default ``LiveRankingPlot``.
     top_k : int
         Candidates per ranking event.
     config : RankingConfig, optional
@@ -156,6 +158,15 @@ class XASRankingCallback(RunRouter):
         self._descriptor_runs: dict[str, tuple[str, RankingRun | None]] = {}  # -> (run uid, its ranking)
         if emit is not None:
             self.subscribe(emit)
+        if self.plot is not None:  # the plot is a subscriber of the ranking documents
+            if getattr(self.plot, "lookup", False) is None:
+                self.plot.lookup = self._plot_context
+            self.subscribe(self.plot)
+
+    def _plot_context(self, raw_uid: str):
+        """(raw start document, ranking tables) of run ``raw_uid`` for the plot: both immutable."""
+        run = self.runs.get(raw_uid)
+        return (None, None) if run is None else (run.run_start, run.engine.tables)
 
     def __repr__(self) -> str:
         n = "from each start document" if self.library is None else f"{len(self.library)}"
@@ -482,7 +493,6 @@ class RankingRun(DocumentRouter):
                               zip(res.order[: self.top_k], res.probabilities[: self.top_k])},
         })
         self._emit_ranking(res, ev)
-        self._draw("update")
 
     def _flatten(self, energy, y, refit: bool = False) -> np.ndarray:
         """Normalised readings flattened as the candidates were; the flattening is refitted with
@@ -606,18 +616,6 @@ class RankingRun(DocumentRouter):
         stop = self._compose.compose_stop(exit_status=status, reason=reason,
                                           time=(raw_stop or {}).get("time", self._last_time))
         self.owner._publish("stop", stop)
-        self._draw("finish")
-
-    def _draw(self, method: str) -> None:
-        """``plot.update(self)`` or ``plot.finish(self)``; a failing plot is counted, never raised."""
-        plot = self.owner.plot
-        if plot is None:
-            return
-        try:
-            getattr(plot, method)(self)
-        except Exception as exc:  # noqa: BLE001
-            self.count("plot_errors")
-            logger.exception("XASRankingCallback: plot %s failed: %s", method, exc)
 
 
 def _as_float(value) -> float | None:

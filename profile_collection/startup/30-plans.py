@@ -110,14 +110,14 @@ def adaptive(
 
     ``adaptive_xas_plan`` of this endstation's detectors, with its XDI metadata. The ranking comes
     from the callback ``enable_ranking`` subscribed when it ranks these candidates; otherwise from
-    one made for this run. Either way its ranking run is stored in the catalog beside the raw run,
+    one made for this run, drawn live (00-base's ``ranking_plot()``). Either way its ranking run is stored in the catalog beside the raw run,
     and the raw run's metadata names it (``analysis_runs``).
 
     Parameters
     ----------
     candidates : str
         A folder of structure files, a SMILES file, a FEFF materials folder, a saved candidate
-        library, or (in IPython) a CandidateLibrary.
+        library, or (in IPython) a list of structures or SMILES or a CandidateLibrary.
     element : str
         Absorbing element, e.g. "Cu".
     edge : str
@@ -152,7 +152,8 @@ def adaptive(
     if subscribed is not None and subscribed.ranks(library):
         feed = InProcessRankingFeed(subscribed, subscribe=False)
     else:
-        feed = InProcessRankingFeed(XASRankingCallback(library, emit=catalog))  # noqa: F821 -- 00-base
+        feed = InProcessRankingFeed(XASRankingCallback(library, emit=catalog,  # noqa: F821 -- 00-base
+                                                       plot=ranking_plot()))  # noqa: F821
     return adaptive_xas_plan(
         detectors, energy, element=element, edge=edge, candidates=library, model=model,  # noqa: F821
         confidence=confidence, max_points=max_points, max_beam_time_s=max_beam_time_s, dwell_s=dwell_s,
