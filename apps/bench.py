@@ -365,6 +365,7 @@ class PolicyRun:
     n_ranked: int = 0  # readings the ranking engine used (inside its window)
     offset_eV: float = float("nan")
     broadening_eV: float = float("nan")
+    p_none: float = float("nan")  # the ranking's probability that the sample is none of the candidates
 
 
 def ranking_window(library) -> tuple[float, float]:
@@ -401,7 +402,8 @@ def _result(callback, energies, t0, reason="") -> PolicyRun:
     if res is None:
         return PolicyRun(energies, [], [], time.perf_counter() - t0, reason)
     return PolicyRun(energies, list(res.names), [float(p) for p in res.probabilities], time.perf_counter() - t0,
-                     reason, int(res.n_points), float(res.offset_mean), float(res.broadening_mean))
+                     reason, int(res.n_points), float(res.offset_mean), float(res.broadening_mean),
+                     float(res.p_none))
 
 
 def run_adaptive(RE, docs, problem: Problem, *, dwell_s: float, confidence: float, max_points: int,
@@ -488,6 +490,7 @@ def score(problem: Problem, run: PolicyRun, n_conventional: int, beam_convention
         "fraction_of_beam_time": float(beam / beam_conventional),
         "top1": top1,
         "top1_probability": float(run.ranking_probabilities[0]) if names else None,
+        "p_none": round(run.p_none, 4),
         "top3": names[:3],
         "top1_correct": bool(top1 in problem.true_names),
         "top3_correct": bool(set(names[:3]) & set(problem.true_names)),
@@ -534,6 +537,9 @@ def _summary(rows: list[dict], confidence: float) -> dict:
         "median_fraction_of_beam_time": float(np.median([r["fraction_of_beam_time"] for r in rows])),
         "median_beam_time_s": float(np.median([r["beam_time_s"] for r in rows])),
         "median_top1_probability": float(np.median([r["top1_probability"] or 0.0 for r in rows])),
+        # calibration of the top-1 probability (every sample's truth is among the candidates here)
+        "ece": bench_real.expected_calibration_error([r["top1_probability"] or 0.0 for r in rows],
+                                          [r["top1_correct"] for r in rows]),
         "n_wrong": len(wrong),
         "n_confident": len(confident),
         "top1_when_confident": float(np.mean([r["top1_correct"] for r in confident])) if confident else None,

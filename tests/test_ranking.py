@@ -344,3 +344,22 @@ def test_pruned_updates_catch_up_to_the_full_result():
     assert a.names == b.names
     np.testing.assert_allclose(a.probabilities, b.probabilities, rtol=1e-9, atol=1e-12)
     assert a.p_none == pytest.approx(b.p_none, rel=1e-9, abs=1e-12)
+
+
+def test_settings_per_model_come_from_the_settings_file(tmp_path, monkeypatch):
+    import json
+
+    from xas_callbacks import ranking
+
+    path = tmp_path / "ranking_settings.json"
+    path.write_text(json.dumps({"models": {"o-k": {"temperature": 4.0, "discrepancy_sd": [0.01, 0.2],
+                                                   "calibration": "somewhere.json", "weights_sha256": None}}}))
+    monkeypatch.setattr(ranking, "SETTINGS_FILE", path)
+    config = ranking.RankingConfig.for_model("o-k", none_prior=0.2)
+    assert config.temperature == 4.0 and config.discrepancy_sd == (0.01, 0.2) and config.none_prior == 0.2
+    assert ranking.RankingConfig.for_model("n-k") == ranking.RankingConfig()  # not calibrated: the defaults
+
+    class Library:
+        provenance = {"model": "o-k"}
+
+    assert ranking.RankingConfig.for_library(Library()).temperature == 4.0

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields
@@ -42,6 +43,8 @@ import numpy as np
 from models.normalization import flatten, flattening, normalize
 from models.spectra import edge_half_height, gaussian_broaden_uniform
 from xas_callbacks.likelihood import LOG2PI, add_reading, log_evidence, posterior_sums
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "rank_spectrum",
@@ -147,7 +150,10 @@ class RankingConfig:
         """The settings chosen on validation data for candidates predicted by ``model``
         (:data:`SETTINGS_FILE`, written by ``xas-bench calibrate``), with ``overrides``; the
         class defaults for a model the file does not name (e.g. computed FEFF spectra)."""
-        return cls(**{**_calibrated_settings().get(str(model), {}), **overrides})
+        settings = _calibrated_settings().get(str(model), {})
+        if settings:
+            _warn_if_retrained(str(model))
+        return cls(**{**settings, **overrides})
 
     @classmethod
     def for_library(cls, library, **overrides) -> "RankingConfig":
@@ -179,6 +185,26 @@ def _calibrated_settings() -> dict:
     known = {f.name for f in fields(RankingConfig)}
     return {model: {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
             for model, values in raw.get("models", {}).items()}
+
+
+_WARNED: set = set()
+
+
+def _warn_if_retrained(model: str) -> None:
+    """Say (once) when ``model``'s weights are not the ones its settings were calibrated with."""
+    if model in _WARNED:
+        return
+    _WARNED.add(model)
+    recorded = json.loads(SETTINGS_FILE.read_text())["models"][model].get("weights_sha256")
+    try:
+        from models.predictor import model_card
+
+        current = model_card(model).get("weights_sha256")
+    except Exception:  # noqa: BLE001 -- a model without a card has nothing to compare
+        return
+    if recorded and current and recorded != current:
+        logger.warning("ranking settings of %r were calibrated for other weights (%s..., now %s...): run "
+                       "`xas-bench calibrate --model %s --write`", model, recorded[:12], current[:12], model)
 
 
 @dataclass
