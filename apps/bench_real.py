@@ -406,7 +406,7 @@ CALIBRATION_GRID = {
 }
 CALIBRATION_READOUT = {
     "temperature": (1.0, 1.5, 2.0, 3.0, 5.0),
-    "none_gamma": (0.0, 0.1),
+    "none_gamma": (0.0, 0.1, 0.3, 1.0),
     "none_prior": (0.1, 0.3, 0.5),
 }
 
@@ -508,7 +508,9 @@ def real(model: str, n_tasks: int, n_candidates: int, seed: int, stream=sys.stdo
             sets[f"references_{candidates}"] = {"setup": setup, "rows": rows, "summary": summarize(rows)}
     tasks = simulated_tasks(model, "test", n_tasks, n_candidates, seed)
     rows = run_tasks(tasks, config)
-    sets["simulated_test"] = {"rows": rows, "summary": summarize(rows)}
+    for name, present in (("simulated_test", True), ("simulated_test_truth_absent", False)):
+        subset = [r for r in rows if r["truth_present"] is present]
+        sets[name] = {"rows": subset, "summary": summarize(subset)}
     out["sets"] = sets
     for name, s in sets.items():
         m = s["summary"]
