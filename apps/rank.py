@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", help="group of an Athena project")
     p.add_argument("--e0", type=float, help="edge energy for the normalisation")
     p.add_argument("--offset-prior", nargs=2, type=float, metavar=("MEAN", "SD"),
-                   help="Gaussian prior of the common calibration offset (eV)")
+                   help="Gaussian prior of the common calibration offset (eV), e.g. from a foil measured "
+                        "separately: used instead of the one the edges give")
     p.add_argument("--offset-range", nargs=2, type=float, metavar=("MIN", "MAX"))
     p.add_argument("--model-std", type=float, default=0.0,
                    help="1-sigma given to computed spectra without their own (default 0)")
@@ -94,11 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(library) == 0:
             raise ValueError(f"no candidate has a spectrum; failures: {library.failures}")
         cfg_kw = {}
-        if args.offset_prior:
-            cfg_kw.update(offset_prior_mean=args.offset_prior[0], offset_prior_sd=args.offset_prior[1])
         if args.offset_range:
             cfg_kw.update(offset_min=args.offset_range[0], offset_max=args.offset_range[1])
-        eng, res, nm = rank_spectrum(spec, library, RankingConfig.for_library(library, **cfg_kw), e0=args.e0)
+        eng, res, nm = rank_spectrum(spec, library, RankingConfig.for_library(library, **cfg_kw), e0=args.e0,
+                                     offset_prior=args.offset_prior)
         if args.verify_top > 0:
             absorber, edge = absorber_and_edge(library, args.absorber, args.edge)
     except (OSError, ValueError) as exc:

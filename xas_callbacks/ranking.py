@@ -950,7 +950,7 @@ def data_offset_prior(energy, y, model_energies, model_mean, alignment_sd: float
         x = extended(model_energies, mean, e + s)  # (N, n): every candidate at once
         sx, sy, sxx, sxy = x.sum(1), yy.sum(), (x * x).sum(1), x @ yy
         det = n * sxx - sx * sx
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # a candidate flat here: det ~ 0
             a = (n * sxy - sx * sy) / det
             b = (sy - a * sx) / n
             sse = (yy @ yy) - 2 * (a * sxy + b * sy) + a * a * sxx + 2 * a * b * sx + n * b * b
@@ -965,14 +965,16 @@ def data_offset_prior(energy, y, model_energies, model_mean, alignment_sd: float
 
 
 def rank_spectrum(spectrum: dict, library, config: RankingConfig | None = None,
-                  e0: float | None = None, dtype=np.float32, foil=None):
+                  e0: float | None = None, dtype=np.float32, foil=None,
+                  offset_prior: tuple[float, float] | None = None):
     """Normalise a measured spectrum and rank ``library`` against it.
 
     The spectrum is normalised and flattened like the candidates; broadened when sharper than
     them (:func:`sharper_measurement_broadening`); the common offset's prior comes from the
     reference foil when the spectrum has one (``spectrum["reference"]``) and ``foil`` holds the
     model's metal spectrum (:func:`xas_callbacks.foil.foil_library`), else from the edges
-    (:func:`data_offset_prior`).
+    (:func:`data_offset_prior`). ``offset_prior`` ``(mean, sd)`` in eV, a calibration the user
+    knows, is used instead of both.
 
     Returns
     -------
@@ -992,7 +994,9 @@ def rank_spectrum(spectrum: dict, library, config: RankingConfig | None = None,
         y, v = broaden_readings(E, y, v, fwhm)
     source = "config"
     prior = None
-    if foil is not None and spectrum.get("reference") is not None:
+    if offset_prior is not None:
+        prior, source = (float(offset_prior[0]), float(offset_prior[1])), "user"
+    elif foil is not None and spectrum.get("reference") is not None:
         from xas_callbacks.foil import foil_offset_prior
 
         ref = spectrum["reference"]
