@@ -155,9 +155,11 @@ def distinct_structures(elements: tuple[str, ...] = (), *, minerals: tuple[str, 
                         skipped: dict[str, str] | None = None) -> Iterator[tuple[MineralCif, object, list[int]]]:
     """Every distinct structure among the AMCSD entries asked for, lazily, one mineral at a time.
 
-    Entries are grouped by mineral (unnamed compounds by their formula title); within a group,
-    entries that pymatgen's ``StructureMatcher`` (default tolerances) finds alike are one
-    structure, represented by the ordered one if any, then the purest, then the lowest AMCSD id.
+    Entries are grouped by mineral (unnamed compounds by their formula title) and read one group
+    at a time. Entries that pymatgen's ``StructureMatcher`` (default tolerances) finds alike are
+    one structure: within a group the ordered one represents it if any, then the purest, then
+    the lowest AMCSD id; an entry alike to one of an earlier group (e.g. synthetic CuI and
+    marshite) is that one's duplicate, added to the list already yielded with it.
 
     Parameters
     ----------
@@ -215,6 +217,7 @@ def distinct_structures(elements: tuple[str, ...] = (), *, minerals: tuple[str, 
     if seed is not None:
         random.Random(seed).shuffle(keys)
     matcher = StructureMatcher()
+    seen: dict[str, list] = {}  # reduced formula -> structures yielded: synthetic CuI is marshite
     for key in keys:
         parsed = []
         for ams_id in sorted(groups[key]):
@@ -232,14 +235,16 @@ def distinct_structures(elements: tuple[str, ...] = (), *, minerals: tuple[str, 
             parsed.append((MineralCif(key, int(cif.ams_id), str(cif.formula), bool(structure.is_ordered), cif.ciftext),
                            structure, []))
         parsed.sort(key=lambda p: (not p[0].ordered, len(p[0].formula.split()), p[0].amcsd_id))
-        kept: list = []
+        fresh: list = []
         for entry, structure, _ in parsed:
-            twin = None if ids else next((k for k in kept if _alike(matcher, k[1], structure)), None)
+            alike = seen.setdefault(structure.composition.reduced_formula, [])
+            twin = None if ids else next((k for k in alike if _alike(matcher, k[1], structure)), None)
             if twin is None:
-                kept.append((entry, structure, []))
+                alike.append((entry, structure, []))
+                fresh.append(alike[-1])
             else:
                 twin[2].append(entry.amcsd_id)
-        yield from kept
+        yield from fresh
 
 
 def _alike(matcher, a, b) -> bool:

@@ -54,6 +54,7 @@ import logging
 import random
 import re
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 from urllib.parse import unquote
@@ -257,7 +258,7 @@ def parse_source(text: str) -> CandidateSource:
             limit = {"threshold": 1.0, "strain": 0.3, "distort": 0.5}[key]
             number = _number(value, key, bad)
             if not 0 <= number <= limit or (key == "threshold" and number == 0):
-                raise bad(f"{key}={value} is outside {'(0' if key == 'threshold' else '[0'}, {limit}]")
+                raise bad(f"{key}={value} is outside {'(0' if key == 'threshold' else '[0'}, {limit:g}]")
             fields[key] = number
     source = CandidateSource(**fields)
     if scheme == "qm9":
@@ -305,10 +306,12 @@ def _number(text: str, key: str, bad) -> float:
 
 
 def _formula(text: str, bad) -> str:
-    from pymatgen.core import Composition
+    from pymatgen.core import Composition, Element
 
     try:
         comp = Composition(text)
+        if not all(Element.is_valid_symbol(str(el)) for el in comp):
+            raise ValueError(text)
     except Exception:  # noqa: BLE001 -- pymatgen raises ValueError or its own kinds
         raise bad(f"formula={text!r} is not a chemical formula (write e.g. C2H6O)") from None
     if not comp or any(abs(n - round(n)) > 1e-9 for n in comp.values()):
@@ -443,27 +446,38 @@ def _amcsd(source: CandidateSource, skipped: dict[str, str]) -> Iterator[Candida
 
 # ------------------------------------------------------------------------------------ qm9
 def _qm9(source: CandidateSource, skipped: dict[str, str]) -> Iterator[Candidate]:
-    from models.feff.qm9 import QM9_ORDER_SEED, QM9DataError, qm9_records, qm9_rows
+    from models.feff.qm9 import QM9_ORDER_SEED, QM9DataError, qm9_records
 
     select = _qm9_selector(source)
+    wanted = set(source.index)
     try:
         if source.count is not None:
-            matches = [index for index, smiles, elements in qm9_rows() if select(index, smiles, elements)]
+            matches = list(_qm9_matches(replace(source, count=None, seed=None, given="")))
             random.Random(QM9_ORDER_SEED if source.seed is None else source.seed).shuffle(matches)
-            chosen = set(matches[: source.count])
-            select = lambda index, smiles, elements: index in chosen  # noqa: E731
-        wanted = set(source.index)
+            wanted = set(matches[: source.count])
+            select = lambda index, smiles, elements: index in wanted  # noqa: E731
+        last = max(wanted) if wanted else None
         for molecule in qm9_records(keep=select):
             yield Candidate(molecule.name, molecule.to_molecule(),
                             {"source": "qm9", "qm9_index": molecule.index, "smiles": molecule.smiles},
                             f"qm9:index={molecule.index}")
             wanted.discard(molecule.index)
-            if source.index and not wanted:
-                return  # all asked for: the rest of the files need not be read
+            if molecule.index == last:
+                return  # rows come in index order: the rest of the files need not be read
     except QM9DataError as exc:
         raise ValueError(f"candidate source {source.text!r}: {exc}") from exc
     for index in sorted(wanted):
         skipped[f"qm9-{index}"] = "no QM9 molecule with this index matches"
+
+
+@lru_cache(maxsize=8)
+def _qm9_matches(source: CandidateSource) -> tuple[int, ...]:
+    """QM9 indices of the molecules a selection (no count or seed) matches, in index order; kept
+    for the session, so another count or seed reads the files once more, not twice."""
+    from models.feff.qm9 import qm9_rows
+
+    select = _qm9_selector(source)
+    return tuple(index for index, smiles, elements in qm9_rows() if select(index, smiles, elements))
 
 
 def _qm9_selector(source: CandidateSource):
