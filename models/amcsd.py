@@ -188,13 +188,42 @@ def distinct_structures(elements: tuple[str, ...] = (), *, minerals: tuple[str, 
     ------
     ValueError
         Nothing selected, or a mineral or id asked for is not among the entries.
-    """
-    from pymatgen.analysis.structure_matcher import StructureMatcher
 
+    Notes
+    -----
+    A selection read to the end is kept for the session (the last four): asked again, it is
+    given from memory (copies of the structures), its skipped entries reported again.
+    """
     if not (elements or minerals or ids):
         raise ValueError("give elements, minerals or AMCSD ids: the whole AMCSD is too much")
-    db = _database()
     skipped = {} if skipped is None else skipped
+    key = (tuple(elements), tuple(sorted(str(m).strip().lower() for m in minerals)), tuple(ids), seed)
+    if key in _DISTINCT:
+        found, lost = _DISTINCT[key]
+        skipped.update(lost)
+        for entry, structure, duplicates in found:
+            yield entry, structure.copy(), list(duplicates)
+        return
+    before = set(skipped)
+    found = []
+    for entry, structure, duplicates in _distinct(elements, minerals, ids, seed, skipped):
+        found.append((entry, structure.copy(), duplicates))  # the list grows with later duplicates
+        yield entry, structure, duplicates
+    # read to the end: kept for the session (a plan called again with amcsd:Cu need not re-read 875 CIFs)
+    while len(_DISTINCT) >= 4:
+        _DISTINCT.pop(next(iter(_DISTINCT)))
+    _DISTINCT[key] = (found, {k: v for k, v in skipped.items() if k not in before})
+
+
+#: Selections read to the end in this session: key -> (entries, skipped).
+_DISTINCT: dict[tuple, tuple[list, dict[str, str]]] = {}
+
+
+def _distinct(elements, minerals, ids, seed, skipped) -> Iterator[tuple[MineralCif, object, list[int]]]:
+    """The generator behind :func:`distinct_structures` (same arguments, ``skipped`` a dict)."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    db = _database()
     titles, entry_elements = _entry_index()
     unknown = [i for i in ids if int(i) not in titles]
     if unknown:
