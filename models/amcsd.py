@@ -255,7 +255,8 @@ def _distinct(elements, minerals, ids, seed, skipped) -> Iterator[tuple[MineralC
                 cif = db.get_cif(ams_id)
                 structure = parse_cif(cif.ciftext)
             except Exception as exc:  # noqa: BLE001 -- pymatgen raises many kinds on bad CIFs
-                skipped[label] = f"unparsable CIF ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                why = str(exc).splitlines()[0] if str(exc) else ""
+                skipped[label] = f"unparsable CIF ({type(exc).__name__}: {why})"
                 continue
             have = {el.symbol for el in structure.composition.elements}
             if not set(elements) <= have:

@@ -107,7 +107,34 @@ class Candidate(NamedTuple):
 
 @dataclass(frozen=True)
 class CandidateSource:
-    """A parsed candidate-source string (:func:`parse_source`); iterate with :meth:`candidates`."""
+    """A parsed candidate-source string (:func:`parse_source`); iterate with :meth:`candidates`.
+
+    Attributes
+    ----------
+    scheme : {"amcsd", "qm9", "enumerate"}
+    elements : tuple of str
+        Elements every candidate holds (``amcsd``, ``qm9``).
+    path : str or None
+        ``enumerate``: the seed structure, an absolute path or a shipped example's file name.
+    minerals, ids : tuple
+        ``amcsd``: mineral names or compound titles; AMCSD ids.
+    formula, smarts : str or None
+        ``qm9``: the molecular formula; a SMARTS pattern.
+    index : tuple of int
+        ``qm9``: QM9 indices; ``enumerate``: candidate numbers.
+    substitute : tuple of (str, str) or "auto"
+        ``enumerate``: substitutions ``(old, new)``, or those pymatgen predicts.
+    keep : tuple of str
+        ``enumerate``: elements never substituted.
+    threshold : float or None
+        ``enumerate``: least probability of a predicted substitution.
+    strain, distort : float
+        ``enumerate``: largest strain component; displacement sd in Angstrom.
+    count, seed : int or None
+        How many candidates; the seed of the draw.
+    given : str
+        The string as written (not compared).
+    """
 
     scheme: str
     elements: tuple[str, ...] = ()
