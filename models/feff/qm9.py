@@ -117,16 +117,10 @@ def _iter_rows(folder: Path) -> Iterator[tuple[int, str, tuple[str, ...], str, s
 
 
 def qm9_rows(folder: Path | None = None) -> Iterator[tuple[int, str, tuple[str, ...]]]:
-    """``(index, smiles, elements)`` of every QM9 molecule in QM9 index order, geometries not parsed.
-
-    Raises
-    ------
-    QM9DataError
-        qm9pack missing or malformed.
-    """
-    folder = qm9pack_data_dir() if folder is None else Path(folder)
-    for index, smiles, elements, _, _ in _iter_rows(folder):
-        yield index, smiles, elements
+    """``(index, smiles, elements)`` of every QM9 molecule in QM9 index order, geometries not
+    parsed (``folder`` and errors as in :func:`qm9_records`)."""
+    return ((index, smiles, elements) for index, smiles, elements, _, _ in
+            _iter_rows(qm9pack_data_dir() if folder is None else Path(folder)))
 
 
 def qm9_records(folder: Path | None = None,
