@@ -5,6 +5,12 @@ Examples::
     xas-predict CCO "O=C(O)C" --model o-k --plot spectra.png --json spectra.json
     xas-predict Cu2O.cif --model cu-k
     xas-predict --examples --model cu-k --plot examples.png
+    xas-predict "amcsd:Cu?minerals=tenorite,cuprite" --model cu-k
+    xas-predict "qm9:formula=C2H6O" --model o-k --json c2h6o.json
+
+A candidate source (``amcsd:``, ``qm9:``, ``enumerate:``, :mod:`models.sources`) stands for its
+structures; they are predicted as a candidate library is (disordered crystals averaged over
+ordered samples, items that cannot be made or predicted listed as skipped).
 """
 
 from __future__ import annotations
@@ -95,7 +101,8 @@ def prediction_json(prediction, predictor) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``xas-predict``."""
     p = argparse.ArgumentParser(prog="xas-predict", description="Predict XANES (mean and 1-sigma) of structures.")
-    p.add_argument("structures", nargs="*", help="CIF/POSCAR/XYZ/pymatgen-JSON files or SMILES strings")
+    p.add_argument("structures", nargs="*", help="CIF/POSCAR/XYZ/pymatgen-JSON files, SMILES strings or "
+                   "candidate sources (amcsd:Cu, qm9:O?count=10, enumerate:CuO?count=5)")
     p.add_argument("--model", required=True, help="shipped model name (cu-k, o-k, n-k) or path to a .pt file")
     p.add_argument("--plot", metavar="PNG", help="write a plot of the spectra with 1- and 2-sigma bands")
     p.add_argument("--json", metavar="FILE", help="write energies, mean and std per structure as JSON")
@@ -123,8 +130,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not items:
         print("xas-predict: give at least one structure or --examples", file=sys.stderr)
         return 2
+    from models.sources import is_source, parse_source
+
     try:
-        result = predictor.predict(items, batch_size=args.batch_size, on_error=on_error)
+        sources = [parse_source(i) for i in items if is_source(i)]
+    except ValueError as exc:  # a bad candidate source, before anything is read or predicted
+        print(f"xas-predict: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if sources:
+            from xas_callbacks.candidates import CandidateLibrary
+
+            # a library: disordered crystals averaged over ordered samples, skipped items listed
+            result = CandidateLibrary.from_structures(items, model=predictor, batch_size=args.batch_size)
+        else:
+            result = predictor.predict(items, batch_size=args.batch_size, on_error=on_error)
     except Exception as exc:  # noqa: BLE001 - shown to the user, exit status 1
         print(f"xas-predict: {exc}", file=sys.stderr)
         return 1
@@ -142,4 +162,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(predict_main())
+    sys.exit(main())

@@ -7,7 +7,9 @@
 SPECTRUM: an XDI file (raw ``i0``/``itrans``/``ifluor``/``irefer`` counts or a ``mu*`` column),
 an Athena project (``.prj``, via ``larch.io.read_athena``) or two-column text (energy, mu).
 PATH: a FEFF materials folder (computed spectra, no model needed), a folder of structure files,
-a SMILES file or a saved library ``.npz``.
+a SMILES file, a saved library ``.npz``, or a candidate source such as ``amcsd:Cu``,
+``qm9:O?count=2000&seed=0`` or ``enumerate:CuO?substitute=auto&keep=Cu&count=50``
+(:mod:`models.sources`).
 
 ``--verify-top K`` checks the ranking with physics: FEFF10 spectra of the K best candidates are
 computed and the measured spectrum is compared with the model prediction and with FEFF at the
@@ -29,6 +31,7 @@ import numpy as np
 
 from endstation.measured import read_spectrum
 from models.jsonable import json_default
+from models.sources import is_source
 from xas_callbacks.candidates import CandidateLibrary
 from xas_callbacks.ranking import RankingConfig, rank_spectrum
 from xas_callbacks.verify import (
@@ -47,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xas-rank", description=__doc__.split("\n\n")[0])
     p.add_argument("spectrum", help="measured spectrum: XDI, Athena .prj or two-column text")
     p.add_argument("--candidates", required=True,
-                   help="FEFF materials folder, folder of structures, SMILES file or library .npz")
+                   help="FEFF materials folder, folder of structures, SMILES file, library .npz or a "
+                        "candidate source: amcsd:Cu, qm9:O?count=2000&seed=0, enumerate:CuO?count=50")
     p.add_argument("--model", default="cu-k", help="predictor name or weights path (default cu-k)")
     p.add_argument("--ids", nargs="*", help="only these candidate names")
     p.add_argument("--json", dest="json_path", help="write the ranking as JSON here")
@@ -85,11 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec = read_spectrum(args.spectrum, mode=args.mode, group=args.group)
         cpath = Path(args.candidates)
-        is_feff = cpath.is_dir() and any((p / "FEFF-XANES").is_dir() for p in list(cpath.iterdir())[:50])
+        is_feff = not is_source(args.candidates) and cpath.is_dir() and any(
+            (p / "FEFF-XANES").is_dir() for p in list(cpath.iterdir())[:50])
         if is_feff:
             library = CandidateLibrary.from_feff(cpath, ids=args.ids or None, default_std=args.model_std)
         else:
-            library = CandidateLibrary.from_source(cpath, model=args.model)
+            library = CandidateLibrary.from_source(args.candidates, model=args.model)
             if args.ids:
                 library = library.subset(args.ids)
         if len(library) == 0:

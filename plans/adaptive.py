@@ -173,8 +173,9 @@ def make_agent(name: str, library, *, dwell_s: float, mono_speed_eV_per_s: float
 
 def candidate_library(candidates: Any, model: str | None, element: str | None = None, edge: str | None = None):
     """The candidates as a :class:`~xas_callbacks.candidates.CandidateLibrary`: a library as it
-    is; a path (:meth:`~xas_callbacks.candidates.CandidateLibrary.from_source`) or a list of
-    structures or SMILES, predicted with ``model``. Refused (``ValueError``) when empty or when
+    is; a path or a candidate-source string such as ``"amcsd:Cu"``
+    (:meth:`~xas_callbacks.candidates.CandidateLibrary.from_source`) or a list of structures,
+    SMILES or source strings, predicted with ``model``. Refused (``ValueError``) when empty or when
     the model or the candidates are for another element or edge than the ones given."""
     if model is not None and element is not None and not isinstance(candidates, CandidateLibrary):
         from models.predictor import model_card
@@ -235,8 +236,9 @@ def adaptive_xas_plan(
     element, edge : str
         Absorbing element and edge, e.g. ``"Cu"``, ``"K"``.
     candidates : str or CandidateLibrary
-        A folder of structure files, a SMILES file, a FEFF materials folder, a saved library, or
-        a :class:`xas_callbacks.candidates.CandidateLibrary`.
+        A folder of structure files, a SMILES file, a FEFF materials folder, a saved library, a
+        candidate source (``"amcsd:Cu"``, ``"qm9:O?count=2000&seed=0"``, ``"enumerate:CuO?count=50"``,
+        :mod:`models.sources`), or a :class:`xas_callbacks.candidates.CandidateLibrary`.
     model : str, optional
         Shipped model name (``"cu-k"``, ``"o-k"``, ``"n-k"``) used to predict the candidates' spectra.
     confidence : float

@@ -107,3 +107,16 @@ def test_adaptive_ranks_through_the_subscribed_callback(profile, synthetic_libra
     linked = [k for k in list(catalog.client)[-5:] if catalog.client[k].metadata["start"].get("parent_uid") == uid]
     assert len(linked) == 1  # the subscribed callback's ranking run, no second one
 
+
+
+def test_adaptive_in_the_profile_takes_a_candidate_source(profile):
+    RE, catalog = profile["RE"], profile["catalog"]
+    before = len(list(catalog.client))
+    with pytest.raises(ValueError, match="unknown option 'cout'"):  # refused before any run opens
+        RE(profile["adaptive"]("amcsd:Cu?minerals=tenorite,cuprite&cout=2", "Cu", "K"))
+    assert len(list(catalog.client)) == before
+    (uid,) = RE(profile["adaptive"]("amcsd:Cu?minerals=tenorite,cuprite", "Cu", "K", dwell_s=0.1, max_points=6))
+    start = catalog[uid].metadata["start"]
+    assert start["xas"]["candidates"]["source"] == "amcsd:Cu?minerals=tenorite,cuprite"
+    assert [n.split(" (AMCSD")[0] for n in start["xas"]["candidates"]["names"]] == ["cuprite", "tenorite"]
+    assert catalog[uid].metadata["stop"]["exit_status"] == "success"

@@ -15,7 +15,12 @@ Sources:
   (batched, ``on_error="skip"``, cached on disk as ``.npz`` under
   ``models.paths.user_data_dir()/candidates`` keyed by the sha256s);
 * computed spectra arrays: :meth:`CandidateLibrary.from_spectra`;
-* a FEFF materials folder (``<id>/FEFF-XANES/NNN_Cu/xmu.dat``): :meth:`CandidateLibrary.from_feff`.
+* a FEFF materials folder (``<id>/FEFF-XANES/NNN_Cu/xmu.dat``): :meth:`CandidateLibrary.from_feff`;
+* a candidate-source string (``amcsd:Cu``, ``qm9:O?count=2000&seed=0``, ``enumerate:CuO?...``,
+  :mod:`models.sources`), alone or among the items of :meth:`CandidateLibrary.from_structures`:
+  its candidates are named by the source, their provenance is kept in ``provenance["candidates"]``,
+  the items it could not make are in ``failures``, and each candidate's ``sources`` entry is a
+  source string giving it alone.
 """
 
 from __future__ import annotations
@@ -44,17 +49,31 @@ CACHE_VERSION = 3  # 3: disordered crystals averaged over ordered samples
 
 def candidate_set_sha256(items: Sequence) -> str:
     """sha256 over a candidate set: file contents for paths (in the given order, with their
-    names), the string itself for SMILES."""
+    names), the string itself for SMILES, species, coordinates, lattice and charge for pymatgen
+    structures and molecules."""
     digest = hashlib.sha256()
     for item in items:
         p = Path(str(item))
         if isinstance(item, (str, os.PathLike)) and p.is_file():
             digest.update(p.name.encode() + b"\0")
             digest.update(p.read_bytes())
+        elif hasattr(item, "cart_coords"):
+            digest.update(_structure_bytes(item))
         else:
             digest.update(str(item).encode())
         digest.update(b"\0\1")
     return digest.hexdigest()
+
+
+def _structure_bytes(structure) -> bytes:
+    """The content of a pymatgen structure or molecule the spectrum depends on, as bytes."""
+    species = "|".join(str(site.species) for site in structure)
+    parts = [type(structure).__name__.encode(), species.encode(),
+             np.round(np.asarray(structure.cart_coords, dtype=float), 6).tobytes(),
+             str(getattr(structure, "charge", 0)).encode()]
+    if hasattr(structure, "lattice"):
+        parts.append(np.round(structure.lattice.matrix, 6).tobytes())
+    return b"\0".join(parts)
 
 
 def _name_of(item) -> str:
@@ -93,7 +112,8 @@ class CandidateLibrary:
     sources : list, optional
         One per name: where the candidate's structure comes from -- an absolute file path
         (CIF, POSCAR, XYZ, pymatgen JSON; for FEFF folders the material's ``POSCAR``), a SMILES
-        string, a pymatgen ``as_dict()`` of an in-memory structure, or ``None`` when unknown
+        string, a candidate-source string naming it alone (``amcsd:id=1234``, ``qm9:index=17``,
+        :mod:`models.sources`), a pymatgen ``as_dict()`` of an in-memory structure, or ``None`` when unknown
         (libraries built from bare spectra, or saved before sources were kept). Read a
         structure back with :meth:`structure_of`.
     """
@@ -192,6 +212,10 @@ class CandidateLibrary:
                 return cls.from_dict(src)
             except Exception as exc:  # noqa: BLE001 -- name the candidate
                 raise ValueError(f"candidate {name!r}: stored pymatgen structure unreadable: {exc}") from exc
+        from models.sources import is_source, load_candidate
+
+        if is_source(src):
+            return load_candidate(src).structure
         from models.structures import load_structure
 
         return load_structure(str(src))
@@ -336,26 +360,54 @@ class CandidateLibrary:
         Parameters
         ----------
         items : iterable
-            Paths (CIF, POSCAR, XYZ, pymatgen JSON), SMILES strings or pymatgen objects.
-        model : str
-            Predictor name or weights path.
+            Paths (CIF, POSCAR, XYZ, pymatgen JSON), SMILES strings, pymatgen objects or
+            candidate-source strings (``amcsd:Cu``, ``qm9:O?count=100``, :mod:`models.sources`),
+            each of which stands for its candidates.
+        model : str or Predictor
+            Predictor name or weights path (or a loaded ``models.predictor.Predictor``).
         names : list of str, optional
-            Candidate names (default: file stems, SMILES strings, formulas).
+            Candidate names (default: file stems, SMILES strings, formulas; the names a source
+            gives). Not with candidate sources.
         batch_size : int
             Passed to ``predict``.
         cache : bool
             Read/write ``user_data_dir()/candidates/<sha>.npz`` keyed by the weights and the
             candidate-set sha256.
+
+        Raises
+        ------
+        ValueError
+            A bad candidate-source string (before the model is loaded), names given with
+            sources, or a source whose candidates need not hold the model's absorber.
         """
         from models import load_predictor
+        from models.sources import QM9_ELEMENTS, is_source, parse_source
 
         items = list(items)
-        names = [str(n) for n in names] if names is not None else [_name_of(i) for i in items]
-        names = _dedupe(names)
-        source_by_name = {n: _source_of(i) for n, i in zip(names, items)}
-        pred = load_predictor(model)
+        sources = [parse_source(i) for i in items if is_source(i)]  # bad strings refused first
+        if sources and names is not None:
+            raise ValueError("names cannot be given with candidate sources: the sources name their candidates")
+        if sources and model is None:
+            raise ValueError(f"candidate source {sources[0].text!r} needs a model to predict its spectra "
+                             "(e.g. model='cu-k', 'o-k' or 'n-k')")
+        pred = model if hasattr(model, "predict") else load_predictor(model)
+        element = getattr(pred, "element", None)
+        for src in sources:
+            need = src.required_elements
+            if element and src.scheme == "qm9" and element not in QM9_ELEMENTS:
+                raise ValueError(f"candidate source {src.text!r}: QM9 molecules hold no {element}, the absorber of "
+                                 f"model {pred.name!r}; use a model for {', '.join(QM9_ELEMENTS)}")
+            if element and need is not None and element not in need:
+                raise ValueError(f"candidate source {src.text!r}: its structures need not hold {element}, the "
+                                 f"absorber of model {pred.name!r}; add it, e.g. {src.scheme}:"
+                                 f"{','.join(sorted(need | {element}))}")
+        items, refs, notes, skipped = _expand_sources(items)
+        if names is None:
+            names = [note["name"] if note else _name_of(i) for i, note in zip(items, notes)]
+        names = _dedupe([str(n) for n in names])
+        source_by_name = {n: ref if ref is not None else _source_of(i) for n, i, ref in zip(names, items, refs)}
         cand_sha = candidate_set_sha256(items) if all(
-            isinstance(i, (str, os.PathLike)) for i in items) else None
+            isinstance(i, (str, os.PathLike)) or hasattr(i, "cart_coords") for i in items) else None
         key = None
         if cache and cand_sha is not None:
             key = hashlib.sha256(
@@ -366,12 +418,13 @@ class CandidateLibrary:
                 lib = cls.load(cache_file)
                 if all(s is None for s in lib.sources):  # cached before sources were kept
                     lib.sources = [source_by_name.get(n) for n in lib.names]
+                lib.failures.update(skipped)
                 return lib
         flat, owner, disorder = _expand_disordered(items, names)
         res = pred.predict(flat, batch_size=batch_size, on_error="skip",
                            names=[f"{name} [{k}]" for k, name in enumerate(owner)])
         predicted = dict(zip(res.names, range(len(res.names))))
-        failures: dict[str, str] = {}
+        failures: dict[str, str] = dict(skipped)
         out_names, mean, std = [], [], []
         for name in names:
             rows = [predicted.get(f"{n} [{k}]") for k, n in enumerate(owner) if n == name]
@@ -395,6 +448,8 @@ class CandidateLibrary:
             "candidates_sha256": cand_sha, "source": source,
             "element": getattr(pred, "element", None), "edge": getattr(pred, "edge", None),
             "disorder": {n: d for n, d in disorder.items() if "error" not in d},
+            **({"candidate_sources": [src.text for src in sources],
+                "candidates": {n: note["provenance"] for n, note in zip(names, notes) if note}} if sources else {}),
         }, [source_by_name[n] for n in out_names])
         if key is not None:
             lib.save(_cache_dir() / f"{key[:32]}.npz")
@@ -404,7 +459,13 @@ class CandidateLibrary:
     def from_source(cls, source, model: str | None = "cu-k", **kwargs) -> "CandidateLibrary":
         """Build from a path: a FEFF materials folder (computed spectra, no model needed), a
         folder of structure files, a ``.smi``/``.txt`` file of SMILES (one a line), one
-        structure file, or a saved library ``.npz``."""
+        structure file, or a saved library ``.npz``; or from a candidate-source string
+        (``amcsd:Cu``, ``qm9:O?count=2000``, ``enumerate:CuO?...``, :mod:`models.sources`)."""
+        from models.sources import is_source, parse_source
+
+        if is_source(source):
+            text = parse_source(source).text
+            return cls.from_structures([text], model=model, source=text, **kwargs)
         path = Path(source).expanduser()
         if path.suffix == ".npz" and path.is_file():
             lib = cls.load(path)
@@ -489,6 +550,26 @@ class CandidateLibrary:
             sources = json.loads(str(z["sources"])) if "sources" in z.files else None
             return cls([str(n) for n in z["names"]], z["energies"], z["mean"], z["std"],
                        json.loads(str(z["failures"])), json.loads(str(z["provenance"])), sources)
+
+
+def _expand_sources(items: list) -> tuple[list, list, list, dict[str, str]]:
+    """``items`` with each candidate-source string replaced by its candidates (structures), and
+    per item: its ref (a source string, or None), ``{"name", "provenance"}`` (or None), plus the
+    items the sources skipped (name -> reason)."""
+    from models.sources import is_source, iter_candidates
+
+    out, refs, notes, skipped = [], [], [], {}
+    for item in items:
+        if not is_source(item):
+            out.append(item)
+            refs.append(None)
+            notes.append(None)
+            continue
+        for candidate in iter_candidates(item, skipped=skipped):
+            out.append(candidate.structure)
+            refs.append(candidate.ref)
+            notes.append({"name": candidate.name, "provenance": candidate.provenance})
+    return out, refs, notes, skipped
 
 
 def _expand_disordered(items: list, names: list[str]) -> tuple[list, list[str], dict]:

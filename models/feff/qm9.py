@@ -17,7 +17,7 @@ import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from pymatgen.core import Molecule
 
@@ -116,6 +116,36 @@ def _iter_rows(folder: Path) -> Iterator[tuple[int, str, tuple[str, ...], str, s
                 yield int(row[i_index]), row[i_smiles], _parse_elements(row[i_elem]), row[i_xyz], f"{path}:{lineno}"
 
 
+def qm9_rows(folder: Path | None = None) -> Iterator[tuple[int, str, tuple[str, ...]]]:
+    """``(index, smiles, elements)`` of every QM9 molecule in QM9 index order, geometries not
+    parsed (``folder`` and errors as in :func:`qm9_records`)."""
+    return ((index, smiles, elements) for index, smiles, elements, _, _ in
+            _iter_rows(qm9pack_data_dir() if folder is None else Path(folder)))
+
+
+def qm9_records(folder: Path | None = None,
+                keep: Callable[[int, str, tuple[str, ...]], bool] | None = None) -> Iterator[QM9Molecule]:
+    """Every QM9 molecule, lazily, in QM9 index order (one CSV row at a time in memory).
+
+    Parameters
+    ----------
+    folder
+        qm9pack ``data`` folder; default :func:`qm9pack_data_dir`.
+    keep
+        ``keep(index, smiles, elements)``: only the molecules it is true for are built (the
+        geometry of the others is never parsed).
+
+    Raises
+    ------
+    QM9DataError
+        qm9pack missing or malformed.
+    """
+    folder = qm9pack_data_dir() if folder is None else Path(folder)
+    for index, smiles, elements, xyz, where in _iter_rows(folder):
+        if keep is None or keep(index, smiles, elements):
+            yield QM9Molecule(index, smiles, elements, _parse_xyz(xyz, len(elements), where))
+
+
 def qm9_order(element: str, seed: int = QM9_ORDER_SEED, folder: Path | None = None) -> list[QM9Molecule]:
     """All QM9 molecules containing ``element``, in the fixed random order of the QM9 sets.
 
@@ -138,16 +168,12 @@ def qm9_order(element: str, seed: int = QM9_ORDER_SEED, folder: Path | None = No
     QM9DataError
         qm9pack missing or malformed; also if no QM9 molecule contains ``element``.
     """
-    folder = qm9pack_data_dir() if folder is None else Path(folder)
-    rows = [r for r in _iter_rows(folder) if element in r[2]]
-    if not rows:
+    molecules = list(qm9_records(folder, lambda index, smiles, elements: element in elements))
+    if not molecules:
         raise QM9DataError(f"no QM9 molecule contains element {element!r} (QM9 has only H, C, N, O, F)")
-    rows.sort(key=lambda r: r[0])
-    random.Random(seed).shuffle(rows)
-    return [
-        QM9Molecule(index, smiles, elements, _parse_xyz(xyz, len(elements), where))
-        for index, smiles, elements, xyz, where in rows
-    ]
+    molecules.sort(key=lambda m: m.index)
+    random.Random(seed).shuffle(molecules)
+    return molecules
 
 
 def qm9_molecules(

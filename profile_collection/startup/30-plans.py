@@ -87,7 +87,9 @@ def xafs(
 @parameter_annotation_decorator({"parameters": {"candidates": {
     "annotation": "str",
     "description": "Candidate structures: a folder of structure files (CIF, POSCAR, XYZ), a SMILES file, a "
-                   "FEFF materials folder or a saved candidate library (.npz).",
+                   "FEFF materials folder, a saved candidate library (.npz), or a candidate source: "
+                   "'amcsd:Cu' (AMCSD crystals holding Cu), 'qm9:O?count=2000&seed=0' (QM9 molecules), "
+                   "'enumerate:CuO?substitute=auto&keep=Cu&strain=0.02&distort=0.05&count=50&seed=0'.",
 }}})
 @checked_plan
 def adaptive(
@@ -117,7 +119,9 @@ def adaptive(
     ----------
     candidates : str
         A folder of structure files, a SMILES file, a FEFF materials folder, a saved candidate
-        library, or (in IPython) a list of structures or SMILES or a CandidateLibrary.
+        library, a candidate source ("amcsd:Cu", "qm9:O?count=2000&seed=0",
+        "enumerate:CuO?count=50", see models.sources), or (in IPython) a list of structures or
+        SMILES or a CandidateLibrary.
     element : str
         Absorbing element, e.g. "Cu".
     edge : str

@@ -5,8 +5,8 @@ that a session for plain XAFS starts without it. ``enable_ranking(candidates, mo
 subscribes one to the RunEngine (its ranking documents go to the catalog too, and to a live
 ranking plot: a window with a display, a PNG file per run headless, see 00-base);
 ``disable_ranking()`` removes it. ``candidates`` is what ``adaptive`` accepts (a folder of
-structure files, a SMILES file, a FEFF folder, a saved library, a list of structures or SMILES, a
-``CandidateLibrary``), or None to rank the candidates each run's start document names.
+structure files, a SMILES file, a FEFF folder, a saved library, a candidate source such as
+``"amcsd:Cu"``, a list of structures or SMILES, a ``CandidateLibrary``), or None to rank the candidates each run's start document names.
 """
 
 try:
