@@ -138,16 +138,37 @@ def qm9_order(element: str, seed: int = QM9_ORDER_SEED, folder: Path | None = No
     QM9DataError
         qm9pack missing or malformed; also if no QM9 molecule contains ``element``.
     """
+    return [
+        QM9Molecule(index, smiles, elements, _parse_xyz(xyz, len(elements), where))
+        for index, smiles, elements, xyz, where in _ordered_rows(element, seed, folder)
+    ]
+
+
+def _ordered_rows(element: str, seed: int, folder: Path | None) -> list[tuple[int, str, tuple[str, ...], str, str]]:
+    """The CSV rows containing ``element``, in QM9 index order shuffled with ``seed`` (xyz unparsed)."""
     folder = qm9pack_data_dir() if folder is None else Path(folder)
     rows = [r for r in _iter_rows(folder) if element in r[2]]
     if not rows:
         raise QM9DataError(f"no QM9 molecule contains element {element!r} (QM9 has only H, C, N, O, F)")
     rows.sort(key=lambda r: r[0])
     random.Random(seed).shuffle(rows)
-    return [
-        QM9Molecule(index, smiles, elements, _parse_xyz(xyz, len(elements), where))
-        for index, smiles, elements, xyz, where in rows
-    ]
+    return rows
+
+
+def qm9_positions(element: str, seed: int = QM9_ORDER_SEED, folder: Path | None = None) -> dict[int, int]:
+    """``{qm9_index: position}`` in the fixed order of :func:`qm9_order` (geometries not parsed).
+
+    Parameters
+    ----------
+    element, seed, folder
+        As in :func:`qm9_order`.
+
+    Raises
+    ------
+    QM9DataError
+        As :func:`qm9_order`.
+    """
+    return {row[0]: position for position, row in enumerate(_ordered_rows(element, seed, folder))}
 
 
 def qm9_molecules(
