@@ -180,11 +180,17 @@ def read_records(model: str, path: Path | Sequence[Path], limit: int | None = No
 
 
 def data_files(paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """``{path, bytes, sha256}`` of each data file (folders: ``{path}`` only), for model cards."""
+    """``{path, bytes, sha256}`` of each data file, ``{path, files, tree_sha256}`` of each data
+    folder (:func:`models.provenance.tree_sha256`), for model cards."""
+    from models.provenance import tree_sha256
+
     out = []
-    for p in paths:
-        p = Path(p)
-        out.append({"path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)} if p.is_file() else {"path": str(p)})
+    for p in map(Path, paths):
+        if p.is_file():
+            out.append({"path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)})
+        else:
+            digest, n = tree_sha256(p)
+            out.append({"path": str(p), "files": n, "tree_sha256": digest})
     return out
 
 
