@@ -195,6 +195,8 @@ def _card(card0, path, grid, val, test, calibration, summaries, paths, report, s
         "threads": torch.get_num_threads(),
     }
     card["git"] = git_state()
+    card["notes"] = " ".join(x for x in (card0.get("notes"), f"Fine-tuned from weights {card0['weights_sha256'][:12]}... "
+                             "(see fine_tune); training.members and histories are the original run's.") if x)
     card["command"] = " ".join(["python -m models.finetune", *sys.argv[1:]]) if sys.argv[1:] else None
     card["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return card
