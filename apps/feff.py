@@ -13,6 +13,11 @@ cluster::
 
 Re-running the same command skips what is already done; ``--retry-failed`` re-runs failures.
 
+Keep what a background QM9 batch has computed in the project (gzip JSON lines + provenance
+README under ``data/``; re-running merges new lines in, see :mod:`models.feff.snapshot`)::
+
+    xas-feff snapshot --from /work/feff-out/qm9_o_k_ext --to data/qm9_o_k_feff10_ext
+
 A Dask cluster for ``--scheduler``: start ``dask scheduler`` on one node and
 ``dask worker tcp://<head>:8786 --nworkers <cores> --nthreads 1`` on each compute node (FEFF is
 single-threaded: one worker process per core), with ``steered-xas[feff]`` installed on every node.
@@ -30,6 +35,7 @@ from typing import Sequence
 
 from models.feff.inputs import CLUSTER_RADIUS, CRYSTAL_CARDS, MOLECULE_CARDS, FeffCards, FeffInputError
 from models.feff.qm9 import QM9DataError
+from models.feff.snapshot import DATA_LIMIT_MB, SnapshotError
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -79,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(s)
     s.add_argument("inputs", nargs="+", help="structure files (or SMILES strings)")
     s.add_argument("--cluster-radius", type=float, default=CLUSTER_RADIUS, help="crystal cluster radius, Angstrom")
+    n = sub.add_parser("snapshot", help="merge computed QM9 lines into a gzip JSON-lines file + README under data/")
+    n.add_argument("--from", dest="sources", action="append", required=True, type=Path,
+                   help="output folder (or .jsonl file) of `xas-feff qm9` (repeatable)")
+    n.add_argument("--to", dest="dest", required=True, type=Path, help="destination folder, e.g. data/qm9_o_k_feff10_ext")
+    n.add_argument("--feff-command", default=None, help="the command that computed the lines (for the README)")
+    n.add_argument("--limit-mb", type=float, default=DATA_LIMIT_MB,
+                   help=f"largest total size of the destination's parent folder (default {DATA_LIMIT_MB:g} MB)")
     return parser
 
 
@@ -149,19 +162,34 @@ def _run_structures(args: argparse.Namespace) -> int:
     return _finish(total, args)
 
 
+def _run_snapshot(args: argparse.Namespace) -> int:
+    from models.feff.snapshot import snapshot
+
+    import shlex
+
+    words = ["xas-feff snapshot", *[f"--from {p}" for p in args.sources], f"--to {args.dest}"]
+    if args.feff_command:
+        words.append(f"--feff-command {shlex.quote(args.feff_command)}")
+    command = " ".join(words)
+    print(snapshot(args.sources, args.dest, command=command, feff_command=args.feff_command, limit_mb=args.limit_mb))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``xas-feff``; returns 0, or 3 when some structures failed (kept in the output)."""
     args = build_parser().parse_args(argv)
-    if args.workers is not None and args.workers < 1:
+    if getattr(args, "workers", None) is not None and args.workers < 1:
         build_parser().error("--workers must be >= 1")
     try:
         if args.command == "qm9":
             return _run_qm9(args)
+        if args.command == "snapshot":
+            return _run_snapshot(args)
         return _run_structures(args)
     except KeyboardInterrupt:
         print("interrupted: finished results are saved; run the same command again to resume", file=sys.stderr)
         return 130
-    except (QM9DataError, FeffInputError, ValueError, OSError) as exc:
+    except (QM9DataError, FeffInputError, SnapshotError, ValueError, OSError) as exc:
         print(f"xas-feff: error: {exc}", file=sys.stderr)
         return 2
 

@@ -7,10 +7,11 @@ are computed here once.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from pathlib import Path
 
-__all__ = ["file_sha256", "git_state", "software_version", "PROJECT_ROOT"]
+__all__ = ["file_sha256", "tree_sha256", "git_state", "software_version", "PROJECT_ROOT"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,6 +23,27 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def tree_sha256(folder: str | Path) -> tuple[str, int]:
+    """Hex sha256 of a folder's files and the number of files hashed.
+
+    The digest covers each file's path relative to ``folder`` and its :func:`file_sha256`, in
+    sorted path order (hidden files and folders are left out), so it changes when any file is
+    added, removed, renamed or edited, and not when only time stamps change.
+    """
+    folder = Path(folder)
+    entries = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            if not name.startswith("."):
+                path = Path(root) / name
+                entries.append((path.relative_to(folder).as_posix(), file_sha256(path)))
+    digest = hashlib.sha256()
+    for rel, sha in sorted(entries):
+        digest.update(f"{rel}\0{sha}\n".encode())
+    return digest.hexdigest(), len(entries)
 
 
 def git_state(paths: tuple[str, ...] = ()) -> dict:

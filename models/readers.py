@@ -1,4 +1,4 @@
-"""Readers of the computed training spectra: FEFF Cu K of Materials Project crystals, QM9 O K.
+"""Readers of the computed training spectra: FEFF Cu K of Materials Project crystals, QM9 O/N K.
 
 Both readers return ``(records, report)``: a list of :class:`SpectrumRecord` (one per material or
 molecule, holding its structure and its per-absorber-site spectra) and a :class:`ReadReport` that
@@ -11,6 +11,7 @@ spectrum is the multiplicity-weighted average over *all* its symmetry-distinct a
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
@@ -338,13 +339,14 @@ def read_feff_materials(
 def read_qm9_jsonl(
     path: str | os.PathLike, limit: int | None = None
 ) -> tuple[list[SpectrumRecord], ReadReport]:
-    """Read the QM9 O K-edge JSON-lines file (one molecule a line).
+    """Read a QM9 K-edge JSON-lines file (one molecule a line), plain or gzip-compressed.
 
     Parameters
     ----------
     path
         ``qm9_O_K_feff10.jsonl`` (keys ``qm9_index``, ``smiles``, ``elements``, ``xyz_angstrom``,
-        ``absorber``, ``sites: [{site, omega_eV, mu}]``).
+        ``absorber``, ``sites: [{site, omega_eV, mu}]``), or a ``.gz`` file of such lines (the
+        project's snapshots, :mod:`models.feff.snapshot`).
     limit
         Read only the first ``limit`` lines.
 
@@ -362,7 +364,8 @@ def read_qm9_jsonl(
     report = ReadReport(source=str(path))
     records: list[SpectrumRecord] = []
     seen: set[str] = set()
-    with path.open() as fh:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if limit is not None and lineno > limit:
                 break
@@ -402,6 +405,51 @@ def read_qm9_jsonl(
                 report.skipped.append((where, f"duplicate id: {record.record_id} already read"))
                 continue
             seen.add(record.record_id)
+            records.append(record)
+            report.n_sites += len(record.sites)
+    report.n_read = len(records)
+    return records, report
+
+
+def read_qm9_sets(
+    paths: Sequence[str | os.PathLike], limit: int | None = None
+) -> tuple[list[SpectrumRecord], ReadReport]:
+    """Read several QM9 JSON-lines files as one set (e.g. a shared set and the project's extension).
+
+    Parameters
+    ----------
+    paths
+        Files in priority order: a molecule read from an earlier file is kept and its lines in later
+        files are skipped with the reason ``duplicate id`` (a FEFF failure in an earlier file is not
+        a molecule read, so a later success of it is used).
+    limit
+        Keep at most this many records, the first ones of the files in order.
+
+    Returns
+    -------
+    records, report
+        As :func:`read_qm9_jsonl`; the report's source names every file.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("read_qm9_sets: no files given")
+    report = ReadReport(source=" + ".join(str(p) for p in paths))
+    records: list[SpectrumRecord] = []
+    first: dict[str, str] = {}
+    for path in paths:
+        if limit is not None and len(records) >= limit:
+            break
+        recs, rep = read_qm9_jsonl(path)
+        report.skipped.extend(rep.skipped)
+        report.notes.extend(rep.notes)
+        for record in recs:
+            if limit is not None and len(records) >= limit:
+                break
+            if record.record_id in first:
+                report.skipped.append((record.source, f"duplicate id: {record.record_id} already read from "
+                                                      f"{first[record.record_id]}"))
+                continue
+            first[record.record_id] = record.source
             records.append(record)
             report.n_sites += len(record.sites)
     report.n_read = len(records)

@@ -61,8 +61,9 @@ MODEL_SPECS: dict[str, dict[str, Any]] = {
         "description": "O K-edge XANES of QM9 molecules (FEFF10 via feff10-rs)",
         "credits": "Geometries: QM9 (CC0) via qm9pack (MIT); spectra computed with FEFF10.",
     },
-    # The seed's second edge. No shared set exists: `xas-feff qm9 --absorber N --out
-    # $XAS_DATA_DIR/qm9_n_k_feff10` computes it with the O set's cards (see models/feff/qm9.py).
+    # The seed's second edge: the shared N set was made with `xas-feff qm9 --absorber N` (the O set's
+    # cards). For o-k and n-k the project's extension under data/ (`xas-feff snapshot`) is read after
+    # the shared set (models.paths.qm9_data_files).
     "n-k": {
         "element": "N",
         "edge": "K",
@@ -151,14 +152,46 @@ def default_data_path(model: str) -> Path:
     return data_path(MODEL_SPECS[model]["data"])
 
 
-def read_records(model: str, path: Path, limit: int | None = None):
-    """Records and read report of a model's data set."""
+def default_data_paths(model: str) -> list[Path]:
+    """A model's data: the shared set, then (QM9 models) the project's extension under ``data/``
+    where present (:func:`models.paths.qm9_data_files`)."""
+    from models.paths import qm9_data_files
+
+    spec = MODEL_SPECS[model]
+    if spec["reader"] == "qm9_jsonl":
+        return qm9_data_files(spec["element"])
+    return [default_data_path(model)]
+
+
+def read_records(model: str, path: Path | Sequence[Path], limit: int | None = None):
+    """Records and read report of a model's data set (QM9 models: one file or several, read as one
+    set by :func:`models.readers.read_qm9_sets`)."""
     from models import readers
 
     spec = MODEL_SPECS[model]
+    paths = [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
     if spec["reader"] == "feff_materials":
-        return readers.read_feff_materials(path, limit=limit)
-    return readers.read_qm9_jsonl(path, limit=limit)
+        if len(paths) != 1:
+            raise ValueError(f"model {model!r} reads one materials folder, got {len(paths)} data paths")
+        return readers.read_feff_materials(paths[0], limit=limit)
+    if len(paths) == 1:
+        return readers.read_qm9_jsonl(paths[0], limit=limit)
+    return readers.read_qm9_sets(paths, limit=limit)
+
+
+def data_files(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """``{path, bytes, sha256}`` of each data file, ``{path, files, tree_sha256}`` of each data
+    folder (:func:`models.provenance.tree_sha256`), for model cards."""
+    from models.provenance import tree_sha256
+
+    out = []
+    for p in map(Path, paths):
+        if p.is_file():
+            out.append({"path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)})
+        else:
+            digest, n = tree_sha256(p)
+            out.append({"path": str(p), "files": n, "tree_sha256": digest})
+    return out
 
 
 def _report_dict(report: Any) -> dict[str, Any]:
@@ -527,7 +560,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / f"{name}.ckpt.pt"
-    data_path = Path(args.data) if args.data else default_data_path(args.model)
+    data_paths = [Path(p) for p in args.data] if args.data else default_data_paths(args.model)
     settings = TrainSettings(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -538,9 +571,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.perf_counter()
     seed_everything(args.seed)
 
-    records, report = read_records(args.model, data_path, limit=args.limit)
+    records, report = read_records(args.model, data_paths, limit=args.limit)
     if not records:
-        raise RuntimeError(f"no usable records read from {data_path}")
+        raise RuntimeError(f"no usable records read from {' + '.join(map(str, data_paths))}")
     ids = [str(r.record_id) for r in records]
     split = split_ids(ids, seed=args.seed)
     by_id = {str(r.record_id): r for r in records}
@@ -681,7 +714,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "weights_sha256": sha,
         "weights_bytes": weights_path.stat().st_size,
         "data": {
-            "source": str(data_path),
+            "source": " + ".join(map(str, data_paths)),
+            "files": data_files(data_paths),
             "records": len(records),
             "sites": sum(len(v.graphs) for v in site.values()),
             "read_report": _report_dict(report),
@@ -689,7 +723,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "limit": args.limit,
         },
         "split": {
-            "method": "models.readers.split_ids by material/molecule id, fractions (0.8, 0.1, 0.1)",
+            "method": "models.readers.split_ids by material/molecule id, fractions (0.8, 0.1, 0.1); "
+                      "a hash of the id alone, so a record's split never changes when data are added",
             "seed": args.seed,
             **{f"{k}_records": len(parts[k]) for k in parts},
             **{f"{k}_sites": len(site[k].graphs) for k in site},
@@ -746,7 +781,9 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``xas-train``."""
     p = argparse.ArgumentParser(prog="xas-train", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, choices=sorted(MODEL_SPECS), help="which model to train")
-    p.add_argument("--data", default=None, help="data set path (default: the shared data set)")
+    p.add_argument("--data", action="append", default=None,
+                   help="data set path, repeatable for QM9 files read as one set, earlier files winning "
+                        "(default: the shared set, plus the project's extension under data/ for o-k and n-k)")
     p.add_argument("--out", default="runs", help="output folder for checkpoint, weights and card")
     p.add_argument("--name", default=None, help="file stem of the outputs (default: the model name)")
     p.add_argument("--epochs", type=int, default=200, help="maximum epochs per member")

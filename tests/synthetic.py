@@ -54,3 +54,22 @@ def write_sample_xdi(path, mu, *, element: str = "Cu", edge: str = "K", flux: fl
     lines += [f"{e:.3f} {flux:.6g} {t:.6g}" for e, t in zip(energies, it)]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def fake_qm9pack(folder):
+    """Write a three-part qm9pack ``data`` folder of six two-atom molecules (indices 1-9) into ``folder``."""
+    header = "XYZ_file,Index,SMILES,InChi,N_atoms,Stoichiometry,Elements,XYZ_Ang\n"
+    rows = {
+        1: ("C", "['C','H']", "[[0.0,0.0,0.0],[0.0,0.0,1.09]]"),
+        2: ("N", "['N','H']", "[[0.0,0.0,0.0],[0.0,0.0,1.01]]"),
+        3: ("O", "['O','H']", "[[0.0,0.0,0.0],[0.0,0.0,0.96]]"),
+        5: ("C#N", "['C','N']", "[[0.0,0.0,0.0],[0.0,0.0,1.16]]"),
+        7: ("NO", "['N','O']", "[[0.0,0.0,0.0],[0.0,0.0,1.15]]"),
+        9: ("NN", "['N','N']", "[[0.0,0.0,0.0],[0.0,0.0,1.10]]"),
+    }
+    parts = [[1, 2], [3, 5], [7, 9]]
+    for k, idx in enumerate(parts, start=1):
+        lines = [
+            f'"dsgdb9nsd_{i:06d}.xyz",{i},"{rows[i][0]}","x",2,"[]","{rows[i][1]}","{rows[i][2]}"\n' for i in idx
+        ]
+        (folder / f"qm9_part{k}.csv").write_text(header + "".join(lines))

@@ -24,6 +24,8 @@ from models.feff.inputs import (  # noqa: E402
     crystal_inputs,
     molecule_inputs,
 )
+from synthetic import fake_qm9pack as _fake_qm9pack  # noqa: E402
+
 from models.feff.runner import (  # noqa: E402
     FeffJob,
     FeffRunError,
@@ -255,24 +257,6 @@ def test_crystal_folder_output_and_compute_spectra(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # QM9 order
 # ------------------------------------------------------------------------------------------------
-
-
-def _fake_qm9pack(folder):
-    header = "XYZ_file,Index,SMILES,InChi,N_atoms,Stoichiometry,Elements,XYZ_Ang\n"
-    rows = {
-        1: ("C", "['C','H']", "[[0.0,0.0,0.0],[0.0,0.0,1.09]]"),
-        2: ("N", "['N','H']", "[[0.0,0.0,0.0],[0.0,0.0,1.01]]"),
-        3: ("O", "['O','H']", "[[0.0,0.0,0.0],[0.0,0.0,0.96]]"),
-        5: ("C#N", "['C','N']", "[[0.0,0.0,0.0],[0.0,0.0,1.16]]"),
-        7: ("NO", "['N','O']", "[[0.0,0.0,0.0],[0.0,0.0,1.15]]"),
-        9: ("NN", "['N','N']", "[[0.0,0.0,0.0],[0.0,0.0,1.10]]"),
-    }
-    parts = [[1, 2], [3, 5], [7, 9]]
-    for k, idx in enumerate(parts, start=1):
-        lines = [
-            f'"dsgdb9nsd_{i:06d}.xyz",{i},"{rows[i][0]}","x",2,"[]","{rows[i][1]}","{rows[i][2]}"\n' for i in idx
-        ]
-        (folder / f"qm9_part{k}.csv").write_text(header + "".join(lines))
 
 
 def test_qm9_order_is_the_seeded_shuffle_of_index_order(tmp_path):

@@ -176,6 +176,26 @@ def qm9_order(element: str, seed: int = QM9_ORDER_SEED, folder: Path | None = No
     return molecules
 
 
+def qm9_positions(element: str, seed: int = QM9_ORDER_SEED, folder: Path | None = None) -> dict[int, int]:
+    """``{qm9_index: position}`` in the fixed order of :func:`qm9_order` (geometries not parsed).
+
+    Parameters
+    ----------
+    element, seed, folder
+        As in :func:`qm9_order`.
+
+    Raises
+    ------
+    QM9DataError
+        As :func:`qm9_order`.
+    """
+    indices = sorted(index for index, _, elements in qm9_rows(folder) if element in elements)
+    if not indices:
+        raise QM9DataError(f"no QM9 molecule contains element {element!r} (QM9 has only H, C, N, O, F)")
+    random.Random(seed).shuffle(indices)
+    return {index: position for position, index in enumerate(indices)}
+
+
 def qm9_molecules(
     element: str,
     count: int | None = None,

@@ -1,0 +1,72 @@
+"""models.finetune: members resume from trained weights; the card keeps the old record and adds one.
+
+A 2-member o-k ensemble trained for 2 epochs on 24 molecules of the shared O set stands in for a
+shipped model (about a minute on one thread).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("torch_geometric")
+
+from models import finetune, training  # noqa: E402
+from models.provenance import file_sha256  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_run(qm9_o_k_jsonl, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    data = root / "o24.jsonl"
+    data.write_text("".join(qm9_o_k_jsonl.open().readlines()[:24]))
+    run = root / "run"
+    args = ["--model", "o-k", "--data", str(data), "--epochs", "2", "--ensemble", "2", "--out", str(run),
+            "--device", "cpu", "--quiet", "--threads", "1"]
+    assert training.main(args) == 0
+    return data, run / "o-k.pt", root
+
+
+def test_finetune_continues_members_and_records_it(small_run):
+    data, weights, root = small_run
+    before = json.loads(weights.with_suffix(".json").read_text())
+    card = finetune.finetune("o-k", root / "ft", epochs=[2], lr=1e-3, weights=weights, data=[data])
+    out = root / "ft" / "o-k.pt"
+    assert card["weights_sha256"] == file_sha256(out) != before["weights_sha256"]
+    ft = card["fine_tune"]
+    assert ft["from_weights_sha256"] == before["weights_sha256"]
+    assert [m["epochs"] for m in ft["members"]] == [2, 0]
+    assert [h["epoch"] for h in ft["members"][0]["history"]] == [2, 3]  # numbering continues
+    assert ft["members"][0]["best_val_mse"] <= ft["members"][0]["val_mse_before"]
+    assert card["training"] == before["training"]  # the original record is kept
+    assert card["data"]["files"] == [{"path": str(data), "bytes": data.stat().st_size, "sha256": file_sha256(data)}]
+    for key in ("mse", "median_pearson", "peaks_within_1eV", "edge_mae_eV"):
+        assert key in card["test_metrics"]["material"]
+    cov = card["uncertainty"]["validation_coverage"]
+    assert cov["rms_z"] == pytest.approx(1.0, abs=1e-3)
+    # the second member was left as it was
+    old = torch.load(weights, weights_only=True)["state_dict"]
+    new = torch.load(out, weights_only=True)["state_dict"]
+    keys = [k for k in old if k.startswith("members.1.")]
+    assert keys and all(torch.equal(old[k], new[k]) for k in keys)
+    assert not all(torch.equal(old[k], new[k]) for k in old if k.startswith("members.0."))
+
+
+def test_finetune_refuses_other_data_and_bad_arguments(small_run, capsys):
+    data, weights, root = small_run
+    shifted = root / "shifted.jsonl"
+    lines = [json.loads(x) for x in data.read_text().splitlines()]
+    for doc in lines:
+        for site in doc["sites"]:
+            site["omega_eV"] = [e + 5.0 for e in site["omega_eV"]]
+    shifted.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    with pytest.raises(ValueError, match="another energy grid"):
+        finetune.finetune("o-k", root / "x", epochs=[1], weights=weights, data=[shifted])
+    code = finetune.main(["--model", "o-k", "--out", str(root / "x"), "--epochs", "1",
+                          "--weights", str(weights), "--data", str(shifted), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("models.finetune: error:")
+    with pytest.raises(SystemExit):
+        finetune.main(["--model", "o-k", "--out", str(root / "x")])  # nothing to do
