@@ -150,8 +150,12 @@ class FusedEnsemble(torch.nn.Module):
         inv_sqrt = 1.0 / math.sqrt(ch)
         # (G*P, P, D): the edge features of all edges into node i, shared by all members
         feats = edge_attr.reshape(g_ * p_, p_, d_)
-        blocked = ~adj.view(1, g_, 1, p_, p_)
-        has_edge = adj.any(-1).view(1, g_, 1, p_, 1)
+        # additive mask: -inf off the edges; rows without edges stay finite (their weights are
+        # zeroed after the softmax: such a node receives no message, as in PyG)
+        has_edge = adj.any(-1, keepdim=True)  # (G, P, 1)
+        mask = torch.zeros(adj.shape, dtype=x.dtype, device=x.device)
+        mask = mask.masked_fill_(~adj & has_edge, -math.inf).view(1, g_, 1, p_, p_)
+        has_edge = has_edge.to(x.dtype).view(1, g_, 1, p_, 1)
         for _ in range(self.steps):
             proj = torch.baddbmm(self.b_qkvs, out, self.w_qkvs)  # (M, G*P, 4 hid)
             query, key, value, skip = proj.split(hid, dim=2)
@@ -166,11 +170,7 @@ class FusedEnsemble(torch.nn.Module):
             qe = qe.transpose(0, 1)  # (G*P, M*H, D)
             se = torch.bmm(qe, feats.transpose(1, 2))  # (G*P, M*H, P)
             score = score + se.view(g_, p_, m_, heads, p_).permute(2, 0, 3, 1, 4)
-            score = score.mul_(inv_sqrt).masked_fill_(blocked, -math.inf)
-            top = score.amax(-1, keepdim=True)
-            top = torch.where(has_edge, top, torch.zeros_like(top))
-            weight = (score - top).exp_()
-            weight = weight.div_(weight.sum(-1, keepdim=True).add_(1e-16))  # (M, G, H, P, P)
+            weight = torch.softmax(score.mul_(inv_sqrt).add_(mask), dim=-1).mul_(has_edge)  # (M, G, H, P, P)
             msg = torch.matmul(weight, v.permute(0, 1, 3, 2, 4))  # (M, G, H, P, C)
             wf = torch.bmm(weight.permute(1, 3, 0, 2, 4).reshape(g_ * p_, m_ * heads, p_), feats)
             me = torch.bmm(wf.transpose(0, 1), self.w_edge_t)  # (M*H, G*P, C)

@@ -116,7 +116,7 @@ def _check_supported(predictor: Any, candidate: Any, label: str) -> None:
 
 
 def predict_chunk(model: Any, items: list[tuple[str, Any]], batch_size: int = 256,
-                  device: str = "cpu") -> dict[str, Any]:
+                  device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
     """Predict one chunk of candidates (runs in this process or on a Dask/process worker).
 
     Parameters
@@ -129,6 +129,8 @@ def predict_chunk(model: Any, items: list[tuple[str, Any]], batch_size: int = 25
         Site graphs per network call.
     device : str
         Device of a predictor loaded here.
+    threads : int, optional
+        Set torch's CPU threads first (a worker per core: 1).
 
     Returns
     -------
@@ -140,6 +142,10 @@ def predict_chunk(model: Any, items: list[tuple[str, Any]], batch_size: int = 25
     from models.predictor import load_predictor
 
     start = time.perf_counter()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     predictor = load_predictor(model, device=device) if isinstance(model, (str, Path)) else model
     prepared, rows, failures = [], [], {}
     for row, (name, candidate) in enumerate(items):
@@ -177,6 +183,7 @@ def predict_library(
     batch_size: int = 256,
     scheduler: Any = None,
     n_workers: int | None = None,
+    worker_threads: int | None = 1,
     on_error: str = "skip",
     progress: bool = False,
 ) -> LibraryResult:
@@ -198,6 +205,8 @@ def predict_library(
         Run the chunks on this Dask cluster (the scheduler handling of ``xas-feff``).
     n_workers : int, optional
         Without ``scheduler``: run the chunks on this many local processes. Neither: in this process.
+    worker_threads : int or None
+        torch CPU threads on each worker (``None``: leave as they are).
     on_error : {"skip", "raise"}
         ``"skip"`` lists failed candidates in ``failures``; ``"raise"`` raises on the first.
     progress : bool
@@ -296,7 +305,7 @@ def predict_library(
                 else:
                     while len(in_flight) >= window:
                         drain(block=True)
-                    fut = executor.submit(predict_chunk, remote_model, new_items, batch_size, "cpu")
+                    fut = executor.submit(predict_chunk, remote_model, new_items, batch_size, "cpu", worker_threads)
                     in_flight[fut] = (new_items, new_keys, new_prov, time.perf_counter())
                     drain(block=False)
             if bar is not None:
