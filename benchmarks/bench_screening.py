@@ -170,7 +170,7 @@ def run_screen(n: int, chunk: int, store_root: str) -> dict:
     pred = load_predictor("o-k", device="cpu")
     rss_loaded = peak_rss_mb()
     t = _clock()
-    res = predict_library(qm9_stream("O", limit=n), pred, store=store_root, chunk=chunk, batch_size=256)
+    res = predict_library(qm9_stream("O", limit=n), pred, store=store_root, chunk=chunk, batch_size=64)
     w, c = _since(t)
     out = {"candidates": len(res.names), "predicted": res.predicted, "failures": len(res.failures),
            "failure_examples": dict(list(res.failures.items())[:3]), "site_graphs": res.sites,

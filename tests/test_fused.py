@@ -26,8 +26,9 @@ def ok():
 
 
 @pytest.fixture(scope="module")
-def cuk():
-    return load_predictor("cu-k", device="cpu")
+def models(ok):
+    """The shipped molecule and crystal models by short name, loaded once."""
+    return {"ok": ok, "cuk": load_predictor("cu-k", device="cpu")}
 
 
 def _crystals():
@@ -41,8 +42,8 @@ def _per_member(pred, graphs):
 
 
 @pytest.mark.parametrize("model", ["ok", "cuk"])
-def test_fused_members_equal_per_member_outputs(model, request):
-    pred = request.getfixturevalue(model)
+def test_fused_members_equal_per_member_outputs(model, models):
+    pred = models[model]
     assert supports(pred.ensemble)
     structures = [load_structure(s) for s in SMILES] if model == "ok" else _crystals()
     graphs = [g for s in structures for g in pred.builder.structure_graphs(s)[0]]
@@ -59,8 +60,8 @@ def test_fused_members_equal_per_member_outputs(model, request):
 
 
 @pytest.mark.parametrize("model", ["ok", "cuk"])
-def test_chunk_builder_gives_the_builders_graphs(model, request):
-    pred = request.getfixturevalue(model)
+def test_chunk_builder_gives_the_builders_graphs(model, models):
+    pred = models[model]
     structures = [load_structure(s) for s in SMILES] if model == "ok" else _crystals()
     prepared = [prepare(pred.builder, s) for s in structures]
     arrays = site_arrays(pred.builder, prepared)
@@ -82,8 +83,8 @@ def test_chunk_builder_gives_the_builders_graphs(model, request):
     assert seen == set(range(len(graphs)))
 
 
-def test_predict_fused_equals_per_member_path(ok, cuk):
-    for pred, structures in ((ok, [load_structure(s) for s in SMILES]), (cuk, _crystals())):
+def test_predict_fused_equals_per_member_path(models):
+    for pred, structures in ((models["ok"], [load_structure(s) for s in SMILES]), (models["cuk"], _crystals())):
         pred.clear_cache()
         fast = pred.predict(structures)
         fused, pred.fused = pred.fused, None
