@@ -155,6 +155,10 @@ class Predictor:
         self.ensemble = XASEnsemble(cfg["net"], members=int(cfg["members"]))
         self.ensemble.load_state_dict(payload["state_dict"])
         self.ensemble.to(device).eval()
+        from models.fused import FusedEnsemble, supports
+
+        # all members in one pass (same function, see models.fused); None: per-member path
+        self.fused = FusedEnsemble(self.ensemble).to(device).eval() if supports(self.ensemble) else None
         self.supported_elements: list[str] = list(cfg.get("elements") or [])
         self.cache_size = 4096
         self._cache: OrderedDict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -216,6 +220,48 @@ class Predictor:
             self.network_calls += len(chunk)
         return torch.cat(means, 1), torch.cat(stds, 1)
 
+    @torch.inference_mode()
+    def predict_prepared(self, prepared: Sequence[Any], batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """Spectra of structures already checked by :func:`models.graph_batch.prepare`.
+
+        All absorber sites of all structures are built at once (:mod:`models.graph_batch`) and run
+        through the fused ensemble in blocks of at most ``batch_size`` graphs of similar size.
+
+        Parameters
+        ----------
+        prepared : sequence of PreparedStructure
+        batch_size : int
+            Site graphs per network call.
+
+        Returns
+        -------
+        mean, std : numpy.ndarray
+            ``(len(prepared), E)`` float32, as :meth:`predict` returns them.
+        """
+        from models.graph_batch import dense_batches, site_arrays
+
+        if self.fused is None:
+            raise ValueError(f"model {self.name!r}: its architecture has no fused path; use predict()")
+        n_out = len(self.energies)
+        if not prepared:
+            return np.zeros((0, n_out), np.float32), np.zeros((0, n_out), np.float32)
+        arrays = site_arrays(self.builder, prepared)
+        n_sites = len(arrays.nodes)
+        members = self.fused.members
+        mean = torch.empty((members, n_sites, n_out))
+        std = torch.empty((members, n_sites, n_out))
+        for block in dense_batches(self.builder, arrays, max_graphs=batch_size):
+            dev = block.to(self.device)
+            m, s = self.fused.to_mu(*self.fused.forward_members(dev.x, dev.node_mask, dev.edge_attr, dev.adj))
+            rows = torch.from_numpy(block.rows)
+            mean[:, rows], std[:, rows] = m.float().cpu(), s.float().cpu()
+            self.network_calls += len(block.rows)
+        groups = np.repeat(np.arange(len(prepared)), [len(p.sites) for p in prepared])
+        weights = np.concatenate([p.weights for p in prepared])
+        gm, gs = aggregate_sites(mean, std, groups.tolist(), weights.tolist(), len(prepared))
+        mu, sd = combine_members(gm, gs, self.fused.calibration.cpu())
+        return mu.numpy().astype(np.float32, copy=False), sd.numpy().astype(np.float32, copy=False)
+
     def predict(
         self,
         structures: Iterable[Any] | Any,
@@ -245,6 +291,7 @@ class Predictor:
         -------
         Prediction
         """
+        from models.graph_batch import prepare
         from models.structures import load_structure, structure_name
 
         if on_error not in ("raise", "skip"):
@@ -287,10 +334,15 @@ class Predictor:
                     self._cache.move_to_end(cache_key)
                 elif key not in pending:
                     self._check_elements(structure, label)
-                    graphs, weights = self.builder.structure_graphs(structure)
-                    if not graphs:
-                        raise ValueError(f"{label}: no {self.element} absorber site found")
-                    pending[key] = (graphs, [float(w) for w in weights])
+                    if self.fused is not None:
+                        pending[key] = prepare(self.builder, structure)
+                        if not pending[key].sites:
+                            raise ValueError(f"{label}: no {self.element} absorber site found")
+                    else:
+                        graphs, weights = self.builder.structure_graphs(structure)
+                        if not graphs:
+                            raise ValueError(f"{label}: no {self.element} absorber site found")
+                        pending[key] = (graphs, [float(w) for w in weights])
             except Exception as exc:  # noqa: BLE001 - re-raised or reported in failures
                 if on_error == "raise":
                     raise
@@ -300,7 +352,14 @@ class Predictor:
             names.append(name)
             keys.append(key)
 
-        if pending:
+        if pending and self.fused is not None:
+            order = list(pending)
+            mu, sd = self.predict_prepared([pending[k] for k in order], batch_size=batch_size)
+            for g_i, key in enumerate(order):
+                self._cache[(key, self.weights_sha256)] = (mu[g_i].copy(), sd[g_i].copy())
+            while len(self._cache) > max(self.cache_size, len(set(keys))):
+                self._cache.popitem(last=False)
+        elif pending:
             all_graphs, groups, weights = [], [], []
             order = list(pending)
             for g_i, key in enumerate(order):

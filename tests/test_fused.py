@@ -1,0 +1,129 @@
+"""The fused ensemble and the chunk graph builder compute what the per-member path computes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+from torch_geometric.data import Batch
+
+from models.fused import FusedEnsemble, supports
+from models.graph_batch import MoleculeSpec, dense_batches, dense_from_graphs, prepare, site_arrays
+from models.graphs import BOND_TYPES, perceive_bonds
+from models.predictor import load_predictor
+from models.structures import load_structure
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "models" / "examples"
+SMILES = ["CCO", "OCCO", "CC(=O)O", "c1ccoc1", "OC1=CC=CC=C1", "O=C=O"]
+
+
+@pytest.fixture(scope="module")
+def ok():
+    return load_predictor("o-k", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def models(ok):
+    """The shipped molecule and crystal models by short name, loaded once."""
+    return {"ok": ok, "cuk": load_predictor("cu-k", device="cpu")}
+
+
+def _crystals():
+    cu = Structure(Lattice.cubic(3.615), ["Cu"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    return [load_structure(EXAMPLES / n) for n in ("CuO.cif", "Cu2O.cif", "Cu_POSCAR")] + [cu]
+
+
+def _per_member(pred, graphs):
+    with torch.inference_mode():
+        return pred.ensemble.forward_members(Batch.from_data_list(graphs))
+
+
+@pytest.mark.parametrize("model", ["ok", "cuk"])
+def test_fused_members_equal_per_member_outputs(model, models):
+    pred = models[model]
+    assert supports(pred.ensemble)
+    structures = [load_structure(s) for s in SMILES] if model == "ok" else _crystals()
+    graphs = [g for s in structures for g in pred.builder.structure_graphs(s)[0]]
+    ref_mean, ref_std = _per_member(pred, graphs)
+    dense = dense_from_graphs(graphs)
+    fused = FusedEnsemble(pred.ensemble)
+    with torch.inference_mode():
+        mean, std = fused.forward_members(dense.x, dense.node_mask, dense.edge_attr, dense.adj)
+    assert mean.shape == ref_mean.shape == (len(pred.ensemble.members), len(graphs), len(pred.energies))
+    np.testing.assert_allclose(mean.numpy(), ref_mean.numpy(), atol=2e-5)
+    np.testing.assert_allclose(std.numpy(), ref_std.numpy(), atol=2e-5)
+    # the members differ, so a fused pass that mixed them up would fail above
+    assert float((ref_mean[0] - ref_mean[1]).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("model", ["ok", "cuk"])
+def test_chunk_builder_gives_the_builders_graphs(model, models):
+    pred = models[model]
+    structures = [load_structure(s) for s in SMILES] if model == "ok" else _crystals()
+    prepared = [prepare(pred.builder, s) for s in structures]
+    arrays = site_arrays(pred.builder, prepared)
+    graphs = [g for s in structures for g in pred.builder.structure_graphs(s)[0]]
+    assert len(arrays.nodes) == len(graphs)
+    seen = set()
+    for block in dense_batches(pred.builder, arrays, max_graphs=3):
+        for k, row in enumerate(block.rows):
+            g = graphs[row]
+            n = int(g.num_nodes)
+            assert int(block.node_mask[k].sum()) == n and bool(block.node_mask[k, :n].all())
+            np.testing.assert_allclose(block.x[k, :n].numpy(), g.x.numpy(), atol=1e-6)
+            src, dst = g.edge_index
+            adj = torch.zeros((n, n), dtype=torch.bool)
+            adj[dst, src] = True
+            assert torch.equal(block.adj[k, :n, :n], adj) and not bool(block.adj[k, n:].any())
+            np.testing.assert_allclose(block.edge_attr[k, dst, src].numpy(), g.edge_attr.numpy(), atol=1e-6)
+            seen.add(int(row))
+    assert seen == set(range(len(graphs)))
+
+
+def test_predict_fused_equals_per_member_path(models):
+    for pred, structures in ((models["ok"], [load_structure(s) for s in SMILES]), (models["cuk"], _crystals())):
+        pred.clear_cache()
+        fast = pred.predict(structures)
+        fused, pred.fused = pred.fused, None
+        try:
+            pred.clear_cache()
+            slow = pred.predict(structures)
+        finally:
+            pred.fused = fused
+            pred.clear_cache()
+        np.testing.assert_allclose(fast.mean, slow.mean, atol=1e-5)
+        np.testing.assert_allclose(fast.std, slow.std, atol=1e-5)
+
+
+def test_molecule_spec_equals_pymatgen_molecule(ok):
+    mols = [load_structure(s) for s in SMILES[:4]]
+    specs = [MoleculeSpec(tuple(str(site.specie) for site in m), m.cart_coords, 0, f"m{i}") for i, m in enumerate(mols)]
+    a = ok.predict_prepared([prepare(ok.builder, m) for m in mols])
+    b = ok.predict_prepared([prepare(ok.builder, s) for s in specs])
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_fast_bond_perception_matches_rdkit_default():
+    from rdkit import Chem
+    from rdkit.Chem import rdDetermineBonds
+
+    for smiles in ("c1ccoc1", "CC(=O)O", "C#CC=O", "OC1=CC=CC=C1", "[NH3+]CC([O-])=O"):
+        mol = load_structure(smiles)
+        symbols = [str(site.specie) for site in mol]
+        charge = int(round(mol.charge))
+        ours = perceive_bonds(symbols, mol.cart_coords, charge=charge)
+        block = f"{len(symbols)}\n\n" + "\n".join(
+            f"{s} {x:.8f} {y:.8f} {z:.8f}" for s, (x, y, z) in zip(symbols, mol.cart_coords.tolist()))
+        ref = Chem.RWMol(Chem.MolFromXYZBlock(block))
+        rdDetermineBonds.DetermineBonds(ref, charge=charge)
+        order = Chem.GetAdjacencyMatrix(ref, useBO=True)
+        expect = np.full(order.shape, BOND_TYPES.index("none"))
+        for value, kind in ((1.0, "single"), (1.5, "aromatic"), (2.0, "double"), (3.0, "triple")):
+            expect[order == value] = BOND_TYPES.index(kind)
+        np.testing.assert_array_equal(ours, expect)
+    assert (perceive_bonds([str(s.specie) for s in load_structure("c1ccoc1")],
+                           load_structure("c1ccoc1").cart_coords) == BOND_TYPES.index("aromatic")).sum() == 10
