@@ -148,6 +148,7 @@ class XASNet(Module):
         edge_attr: Tensor,
         batch: Tensor,
         absorber_index: Tensor,
+        pos: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Predict one spectrum per graph.
 
@@ -163,6 +164,8 @@ class XASNet(Module):
             Graph index of every node, shape ``(num_nodes,)``.
         absorber_index : Tensor
             Node index (in the batch) of each graph's absorber, shape ``(num_graphs,)``.
+        pos : Tensor, optional
+            Atom positions; unused (accepted so that every family has one call signature).
 
         Returns
         -------
@@ -219,7 +222,7 @@ class XASEnsemble(Module):
     Parameters
     ----------
     net_config : dict
-        Keyword arguments of :class:`XASNet`.
+        Keyword arguments of the member network (:func:`build_net`; ``family`` selects it).
     members : int
         Number of ensemble members.
     offset : Tensor or None
@@ -242,7 +245,7 @@ class XASEnsemble(Module):
         if members < 1:
             raise ValueError(f"members must be >= 1, got {members}")
         self.net_config = dict(net_config)
-        self.members = ModuleList([XASNet(**net_config) for _ in range(members)])
+        self.members = ModuleList([build_net(net_config) for _ in range(members)])
         out_dim = int(net_config["out_dim"])
         self.register_buffer(
             "offset", torch.zeros(out_dim) if offset is None else offset.detach().float().clone()
@@ -257,8 +260,9 @@ class XASEnsemble(Module):
 
     def forward_members(self, data) -> tuple[Tensor, Tensor]:
         """Standardised mean and std of every member, each ``(members, num_graphs, out_dim)``."""
+        pos = getattr(data, "pos", None)
         outs = [
-            m(data.x, data.edge_index, data.edge_attr, data.batch, data.absorber_index.view(-1))
+            m(data.x, data.edge_index, data.edge_attr, data.batch, data.absorber_index.view(-1), pos)
             for m in self.members
         ]
         return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
@@ -272,6 +276,23 @@ class XASEnsemble(Module):
         mean_z, std_z = self.forward_members(data)
         mean, std = self.to_mu(mean_z, std_z)
         return combine_members(mean, std, self.calibration)
+
+
+def build_net(net_config: dict[str, Any]) -> Module:
+    """The member network of a config: ``family`` "mpnn" (default, :class:`XASNet`), "painn"
+    (:class:`models.painn.PaiNNNet`) or "acsf" (:class:`models.descriptors.DescriptorNet`)."""
+    family = net_config.get("family", "mpnn")
+    if family == "mpnn":
+        return XASNet(**{k: v for k, v in net_config.items() if k != "family"})
+    if family == "painn":
+        from models.painn import PaiNNNet
+
+        return PaiNNNet(**net_config)
+    if family == "acsf":
+        from models.descriptors import DescriptorNet
+
+        return DescriptorNet(**net_config)
+    raise ValueError(f"net config family {family!r} is not one of 'mpnn', 'painn', 'acsf'")
 
 
 def combine_members(mean: Tensor, std: Tensor, calibration: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
