@@ -577,6 +577,16 @@ def family_comparison(path: str | Path, model: str) -> dict[str, Any]:
     return out
 
 
+def pretrained_member(path: str | Path, m: int) -> dict[str, torch.Tensor]:
+    """State dict of member ``m`` (modulo the member count) of a weights file, for fine-tuning."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or "state_dict" not in payload or "config" not in payload:
+        raise ValueError(f"--init-from {path}: not a steered-xas weights file (needs 'config' and 'state_dict')")
+    k = m % int(payload["config"]["members"])
+    prefix = f"members.{k}."
+    return {key[len(prefix):]: v for key, v in payload["state_dict"].items() if key.startswith(prefix)}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train, calibrate, evaluate and write ``<out>/<name>.pt`` and ``<out>/<name>.json``."""
     from models.graphs import GraphBuilder
@@ -692,6 +702,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 net_config, graphs["train"], graphs["val"], offset, scale, seed=member_seed,
                 batch_size=settings.batch_size, max_seconds=60 * settings.max_minutes_per_member,
                 lr=settings.lr, patience=settings.patience, max_epochs=settings.epochs,
+                init_state=pretrained_member(args.init_from, m) if args.init_from else None,
             )
             state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             if not args.quiet:
@@ -785,7 +796,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "graph_builder": _jsonable(builder_config),
         "hyper_parameters": {"net": net_config, "ensemble_members": len(members),
                              "training": settings.__dict__, "loss": "beta-Gaussian NLL (beta=%.2f)" % settings.beta_nll,
-                             "target_normalisation": "(mu - train mean spectrum) / scalar train std"},
+                             "target_normalisation": "(mu - train mean spectrum) / scalar train std",
+                             "init_from": ({"file": Path(args.init_from).name, "sha256": file_sha256(args.init_from)}
+                                           if args.init_from else None)},
         "architecture_selection": _jsonable(selection),
         "uncertainty": {
             "method": "deep ensemble of mean-variance networks; total var = mean member var + var of member means; "
@@ -852,6 +865,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default=None, choices=sorted(ARCH_CANDIDATES))
     p.add_argument("--family", default="mpnn", choices=sorted(FAMILY_ARCH),
                    help="model family (mpnn: models.gnn.XASNet; painn; acsf: symmetry functions + MLP)")
+    p.add_argument("--init-from", default=None, metavar="WEIGHTS",
+                   help="start member m from member m of this weights file (e.g. o-k.pt to fine-tune n-k; "
+                        "families other than mpnn)")
     p.add_argument("--comparison-from", default=None, metavar="JSON",
                    help="benchmarks/results/model_families.json: copy the family comparison, learning curve "
                         "and extrapolation of this edge into the card")
