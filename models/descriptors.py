@@ -22,13 +22,15 @@ permutations of the atoms leave the features unchanged.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.nn import Dropout, Linear, Module, Sequential, SiLU
 from torch_geometric.utils import to_dense_batch
+
+from models.gnn import mean_std, reset_mean_std
+from models.painn import cosine_cutoff
 
 FAMILY = "acsf"
 ZETAS = (1.0, 2.0, 4.0, 8.0)
@@ -39,10 +41,6 @@ WEIGHTINGS = 2  # w = 1 and w = Z / 8
 def descriptor_dim(n_elements: int, n_radial: int, n_angular: int) -> int:
     """Number of features of :func:`absorber_acsf`."""
     return n_elements * n_radial + WEIGHTINGS * len(ZETAS) * len(LAMBDAS) * n_angular
-
-
-def _cutoff(r: Tensor, cutoff: float) -> Tensor:
-    return 0.5 * (torch.cos(r * math.pi / cutoff) + 1.0) * (r < cutoff).to(r.dtype)
 
 
 def absorber_acsf(
@@ -81,7 +79,7 @@ def absorber_acsf(
     keep, _ = to_dense_batch(not_absorber, batch, batch_size=num_graphs)
     keep = (keep & mask).to(pos.dtype)
     r = torch.sqrt((dense * dense).sum(-1) + 1e-12)
-    fc = _cutoff(r, cutoff) * keep  # (B, N)
+    fc = cosine_cutoff(r, cutoff) * keep  # (B, N)
 
     centres = torch.linspace(0.8, cutoff, n_radial, dtype=pos.dtype, device=pos.device)
     width = (cutoff - 0.8) / max(n_radial - 1, 1)
@@ -170,11 +168,7 @@ class DescriptorNet(Module):
         for layer in self.mlp:
             if hasattr(layer, "reset_parameters"):
                 layer.reset_parameters()
-        self.lin_mean.reset_parameters()
-        self.lin_std.reset_parameters()
-        with torch.no_grad():
-            self.lin_std.weight.mul_(0.1)
-            self.lin_std.bias.fill_(0.0)
+        reset_mean_std(self.lin_mean, self.lin_std)
 
     def config(self) -> dict[str, Any]:
         """JSON-able hyper-parameters; ``DescriptorNet(**config)`` rebuilds the architecture."""
@@ -198,9 +192,7 @@ class DescriptorNet(Module):
     def forward_features(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and std (standardised targets) from raw descriptors."""
         h = self.mlp((features - self.feature_mean) / self.feature_std)
-        mean = self.lin_mean(h)
-        std = torch.nn.functional.softplus(self.lin_std(h)) + self.min_std
-        return mean, std
+        return mean_std(self.lin_mean, self.lin_std, h, self.min_std)
 
     def forward(
         self,

@@ -119,11 +119,7 @@ class XASNet(Module):
         for layer in self.head:
             if hasattr(layer, "reset_parameters"):
                 layer.reset_parameters()
-        self.lin_mean.reset_parameters()
-        self.lin_std.reset_parameters()
-        with torch.no_grad():  # start with a moderate, uniform uncertainty
-            self.lin_std.weight.mul_(0.1)
-            self.lin_std.bias.fill_(0.0)
+        reset_mean_std(self.lin_mean, self.lin_std)
 
     def config(self) -> dict[str, Any]:
         """JSON-able hyper-parameters; ``XASNet(**config)`` rebuilds the architecture."""
@@ -184,10 +180,21 @@ class XASNet(Module):
         else:
             pooled = scatter(out, batch, dim=0, dim_size=num_graphs, reduce="mean")
             g = torch.cat([out[absorber_index], pooled], dim=-1)
-        g = self.head(g)
-        mean = self.lin_mean(g)
-        std = torch.nn.functional.softplus(self.lin_std(g)) + self.min_std
-        return mean, std
+        return mean_std(self.lin_mean, self.lin_std, self.head(g), self.min_std)
+
+
+def reset_mean_std(lin_mean: Linear, lin_std: Linear) -> None:
+    """Re-initialise the output layers, starting with a moderate, uniform uncertainty."""
+    lin_mean.reset_parameters()
+    lin_std.reset_parameters()
+    with torch.no_grad():
+        lin_std.weight.mul_(0.1)
+        lin_std.bias.fill_(0.0)
+
+
+def mean_std(lin_mean: Linear, lin_std: Linear, g: Tensor, min_std: float) -> tuple[Tensor, Tensor]:
+    """The mean-variance head shared by every family: a mean and a softplus std (floored)."""
+    return lin_mean(g), torch.nn.functional.softplus(lin_std(g)) + min_std
 
 
 def gaussian_nll(mean: Tensor, std: Tensor, target: Tensor, beta: float = 0.5) -> Tensor:

@@ -24,6 +24,8 @@ from torch import Tensor
 from torch.nn import Linear, Module, ModuleList, Sequential, SiLU
 from torch_geometric.utils import scatter
 
+from models.gnn import mean_std, reset_mean_std
+
 FAMILY = "painn"
 
 
@@ -126,11 +128,7 @@ class PaiNNNet(Module):
         for layer in self.head:
             if hasattr(layer, "reset_parameters"):
                 layer.reset_parameters()
-        self.lin_mean.reset_parameters()
-        self.lin_std.reset_parameters()
-        with torch.no_grad():
-            self.lin_std.weight.mul_(0.1)
-            self.lin_std.bias.fill_(0.0)
+        reset_mean_std(self.lin_mean, self.lin_std)
 
     def config(self) -> dict[str, Any]:
         """JSON-able hyper-parameters; ``PaiNNNet(**config)`` rebuilds the architecture."""
@@ -164,6 +162,4 @@ class PaiNNNet(Module):
             s, v = update(s, v)
         pooled = scatter(s, batch, dim=0, dim_size=num_graphs, reduce="mean")
         g = self.head(torch.cat([s[absorber_index], pooled], dim=-1))
-        mean = self.lin_mean(g)
-        std = torch.nn.functional.softplus(self.lin_std(g)) + self.min_std
-        return mean, std
+        return mean_std(self.lin_mean, self.lin_std, g, self.min_std)
