@@ -12,6 +12,12 @@ Example::
 
     xas-train --model o-k --out models/weights --ensemble 3 --select-epochs 15
     xas-train --model cu-k --limit 40 --epochs 2 --out /tmp/smoke      # smoke run
+    xas-train --model o-k --family painn --max-minutes 3 --patience 30 --epochs 10000 --out runs/o-k
+    xas-train --model n-k --family painn --init-from runs/o-k/o-k.pt --lr 1e-3 --out runs/n-k
+
+``--family painn`` / ``acsf`` train :mod:`models.painn` / :mod:`models.descriptors` members with
+:func:`models.fit.train_family_member` (batches collated once, CPU-time budget); the default
+``mpnn`` keeps the original per-epoch loop with per-epoch checkpoints.
 """
 
 from __future__ import annotations
