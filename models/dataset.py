@@ -259,7 +259,7 @@ def record_spectrum(record: SpectrumRecord, builder: GraphBuilder, grid: np.ndar
 
 
 #: Bump when the cached layout or the graph construction changes.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: site graphs carry pos
 
 
 def _dataset_key(records: Sequence[SpectrumRecord], builder: GraphBuilder, grid: np.ndarray, tolerance: float) -> str:
@@ -300,6 +300,7 @@ def save_site_dataset(dataset: SiteDataset, builder: GraphBuilder, path: str | o
         "num_edges": torch.tensor([g.num_edges for g in dataset], dtype=torch.long),
         "species": cat([g.x[:, :n_el].argmax(1).to(torch.int16) for g in dataset], torch.zeros(0, dtype=torch.int16)),
         "absorber_distance": cat([g.absorber_distance for g in dataset], torch.zeros(0)),
+        "pos": cat([g.pos for g in dataset], torch.zeros(0, 3)),
         "edge_index": cat([g.edge_index.to(torch.int32) for g in dataset], torch.zeros(2, 0, dtype=torch.int32), dim=1),
         "edge_length": cat([g.edge_length for g in dataset], torch.zeros(0)),
         "y": cat([g.y for g in dataset], torch.zeros(0, len(dataset.grid))),
@@ -359,6 +360,7 @@ def load_site_dataset(path: str | os.PathLike, builder: GraphBuilder) -> SiteDat
             edge_length=payload["edge_length"][c:d],
             absorber_distance=payload["absorber_distance"][a:b],
             absorber_index=torch.zeros(1, dtype=torch.long),
+            pos=payload["pos"][a:b],
             num_nodes=int(n_nodes[k]),
         )
         g.y = payload["y"][k : k + 1]

@@ -33,7 +33,7 @@ def supports(ensemble: XASEnsemble) -> bool:
     net = ensemble.members[0]
     conv = getattr(net, "conv", None)
     return (
-        net.conv_kind == "transformer"
+        getattr(net, "conv_kind", None) == "transformer"  # the attention MPNN only, not PaiNN or ACSF
         and net.readout_kind == "absorber"
         and getattr(conv, "lin_beta", None) is None
         and getattr(conv, "concat", False)

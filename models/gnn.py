@@ -119,11 +119,7 @@ class XASNet(Module):
         for layer in self.head:
             if hasattr(layer, "reset_parameters"):
                 layer.reset_parameters()
-        self.lin_mean.reset_parameters()
-        self.lin_std.reset_parameters()
-        with torch.no_grad():  # start with a moderate, uniform uncertainty
-            self.lin_std.weight.mul_(0.1)
-            self.lin_std.bias.fill_(0.0)
+        reset_mean_std(self.lin_mean, self.lin_std)
 
     def config(self) -> dict[str, Any]:
         """JSON-able hyper-parameters; ``XASNet(**config)`` rebuilds the architecture."""
@@ -148,6 +144,7 @@ class XASNet(Module):
         edge_attr: Tensor,
         batch: Tensor,
         absorber_index: Tensor,
+        pos: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Predict one spectrum per graph.
 
@@ -163,6 +160,8 @@ class XASNet(Module):
             Graph index of every node, shape ``(num_nodes,)``.
         absorber_index : Tensor
             Node index (in the batch) of each graph's absorber, shape ``(num_graphs,)``.
+        pos : Tensor, optional
+            Atom positions; unused (accepted so that every family has one call signature).
 
         Returns
         -------
@@ -181,10 +180,21 @@ class XASNet(Module):
         else:
             pooled = scatter(out, batch, dim=0, dim_size=num_graphs, reduce="mean")
             g = torch.cat([out[absorber_index], pooled], dim=-1)
-        g = self.head(g)
-        mean = self.lin_mean(g)
-        std = torch.nn.functional.softplus(self.lin_std(g)) + self.min_std
-        return mean, std
+        return mean_std(self.lin_mean, self.lin_std, self.head(g), self.min_std)
+
+
+def reset_mean_std(lin_mean: Linear, lin_std: Linear) -> None:
+    """Re-initialise the output layers, starting with a moderate, uniform uncertainty."""
+    lin_mean.reset_parameters()
+    lin_std.reset_parameters()
+    with torch.no_grad():
+        lin_std.weight.mul_(0.1)
+        lin_std.bias.fill_(0.0)
+
+
+def mean_std(lin_mean: Linear, lin_std: Linear, g: Tensor, min_std: float) -> tuple[Tensor, Tensor]:
+    """The mean-variance head shared by every family: a mean and a softplus std (floored)."""
+    return lin_mean(g), torch.nn.functional.softplus(lin_std(g)) + min_std
 
 
 def gaussian_nll(mean: Tensor, std: Tensor, target: Tensor, beta: float = 0.5) -> Tensor:
@@ -219,7 +229,7 @@ class XASEnsemble(Module):
     Parameters
     ----------
     net_config : dict
-        Keyword arguments of :class:`XASNet`.
+        Keyword arguments of the member network (:func:`build_net`; ``family`` selects it).
     members : int
         Number of ensemble members.
     offset : Tensor or None
@@ -242,7 +252,7 @@ class XASEnsemble(Module):
         if members < 1:
             raise ValueError(f"members must be >= 1, got {members}")
         self.net_config = dict(net_config)
-        self.members = ModuleList([XASNet(**net_config) for _ in range(members)])
+        self.members = ModuleList([build_net(net_config) for _ in range(members)])
         out_dim = int(net_config["out_dim"])
         self.register_buffer(
             "offset", torch.zeros(out_dim) if offset is None else offset.detach().float().clone()
@@ -257,8 +267,9 @@ class XASEnsemble(Module):
 
     def forward_members(self, data) -> tuple[Tensor, Tensor]:
         """Standardised mean and std of every member, each ``(members, num_graphs, out_dim)``."""
+        pos = getattr(data, "pos", None)
         outs = [
-            m(data.x, data.edge_index, data.edge_attr, data.batch, data.absorber_index.view(-1))
+            m(data.x, data.edge_index, data.edge_attr, data.batch, data.absorber_index.view(-1), pos)
             for m in self.members
         ]
         return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
@@ -272,6 +283,23 @@ class XASEnsemble(Module):
         mean_z, std_z = self.forward_members(data)
         mean, std = self.to_mu(mean_z, std_z)
         return combine_members(mean, std, self.calibration)
+
+
+def build_net(net_config: dict[str, Any]) -> Module:
+    """The member network of a config: ``family`` "mpnn" (default, :class:`XASNet`), "painn"
+    (:class:`models.painn.PaiNNNet`) or "acsf" (:class:`models.descriptors.DescriptorNet`)."""
+    family = net_config.get("family", "mpnn")
+    if family == "mpnn":
+        return XASNet(**{k: v for k, v in net_config.items() if k != "family"})
+    if family == "painn":
+        from models.painn import PaiNNNet
+
+        return PaiNNNet(**net_config)
+    if family == "acsf":
+        from models.descriptors import DescriptorNet
+
+        return DescriptorNet(**net_config)
+    raise ValueError(f"net config family {family!r} is not one of 'mpnn', 'painn', 'acsf'")
 
 
 def combine_members(mean: Tensor, std: Tensor, calibration: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:

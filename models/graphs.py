@@ -22,6 +22,10 @@ Graph layout (a :class:`SiteGraph`, a ``torch_geometric.data.Data``):
     raw distances, for envelopes or plotting.
 ``absorber_index`` (1,) int64
     always 0 within the graph (batched: the absorber's node in the batch).
+``pos`` (N, 3) float32
+    Cartesian positions relative to the absorber (A), for directional models
+    (:mod:`models.painn`, :mod:`models.descriptors`); rotating the input rotates ``pos`` and
+    leaves every other field unchanged.
 """
 
 from __future__ import annotations
@@ -418,6 +422,7 @@ class GraphBuilder:
             edge_length=torch.from_numpy(lengths),
             absorber_distance=torch.from_numpy(dist),
             absorber_index=torch.zeros(1, dtype=torch.long),
+            pos=torch.from_numpy((pos - pos[0]).astype(np.float32)),
             num_nodes=n_nodes,
         )
 

@@ -225,7 +225,9 @@ class Predictor:
         """Spectra of structures already checked by :func:`models.graph_batch.prepare`.
 
         All absorber sites of all structures are built at once (:mod:`models.graph_batch`) and run
-        through the fused ensemble in blocks of at most ``batch_size`` graphs of similar size.
+        through the fused ensemble in blocks of at most ``batch_size`` graphs of similar size;
+        architectures without a fused path (:func:`models.fused.supports`) go through
+        :meth:`predict`.
 
         Parameters
         ----------
@@ -240,11 +242,17 @@ class Predictor:
         """
         from models.graph_batch import dense_batches, site_arrays
 
-        if self.fused is None:
-            raise ValueError(f"model {self.name!r}: its architecture has no fused path; use predict()")
         n_out = len(self.energies)
         if not prepared:
             return np.zeros((0, n_out), np.float32), np.zeros((0, n_out), np.float32)
+        if self.fused is None:  # PaiNN / symmetry functions: the per-member path, same structures
+            from pymatgen.core import Molecule
+
+            items = [p.structure if hasattr(p.structure, "cart_coords") else Molecule(p.symbols, p.cart)
+                     for p in prepared]
+            result = self.predict(items, batch_size=batch_size)
+            return (np.asarray(result.mean, np.float32).reshape(len(prepared), -1),
+                    np.asarray(result.std, np.float32).reshape(len(prepared), -1))
         arrays = site_arrays(self.builder, prepared)
         n_sites = len(arrays.nodes)
         members = self.fused.members

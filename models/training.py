@@ -12,6 +12,12 @@ Example::
 
     xas-train --model o-k --out models/weights --ensemble 3 --select-epochs 15
     xas-train --model cu-k --limit 40 --epochs 2 --out /tmp/smoke      # smoke run
+    xas-train --model o-k --family painn --max-minutes 3 --patience 30 --epochs 10000 --out runs/o-k
+    xas-train --model n-k --family painn --init-from runs/o-k/o-k.pt --lr 1e-3 --out runs/n-k
+
+``--family painn`` / ``acsf`` train :mod:`models.painn` / :mod:`models.descriptors` members with
+:func:`models.fit.train_family_member` (batches collated once, CPU-time budget); the default
+``mpnn`` keeps the original per-epoch loop with per-epoch checkpoints.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from models.gnn import XASEnsemble, XASNet, aggregate_sites, combine_members, gaussian_nll, resolve_device
+from models.gnn import XASEnsemble, XASNet, aggregate_sites, build_net, combine_members, gaussian_nll, resolve_device
 from models.jsonable import to_jsonable as _jsonable
 from models.provenance import file_sha256, git_state
 
@@ -90,6 +96,26 @@ ARCH_CANDIDATES: dict[str, dict[str, Any]] = {
     "mpnn-absorber": {**DEFAULT_ARCH, "readout": "absorber"},
     "transformer-absorber": {**DEFAULT_ARCH, "conv": "transformer", "readout": "absorber"},
 }
+#: Model families (:func:`models.gnn.build_net`) compared in benchmarks/bench_model_families.py.
+FAMILY_ARCH: dict[str, dict[str, Any]] = {
+    "mpnn": {"family": "mpnn", **ARCH_CANDIDATES["transformer-absorber"]},
+    "painn": {"family": "painn", "hidden": 64, "layers": 3},
+    "acsf": {"family": "acsf", "hidden": 256, "layers": 2, "n_radial": 24, "n_angular": 8, "dropout": 0.1},
+}
+
+
+def family_net_config(family: str, builder, out_dim: int) -> dict[str, Any]:
+    """Network config of a :data:`FAMILY_ARCH` family for the graphs of ``builder``."""
+    if family not in FAMILY_ARCH:
+        raise ValueError(f"family {family!r} is not one of {sorted(FAMILY_ARCH)}")
+    cfg = {"node_dim": int(builder.node_dim), "edge_dim": int(builder.edge_dim), "out_dim": int(out_dim),
+           **FAMILY_ARCH[family]}
+    if family == "painn":
+        cfg["cutoff"] = float(builder.edge_cutoff)
+    if family == "acsf":
+        cfg["n_elements"] = len(builder.elements)
+        cfg["cutoff"] = float(builder.cluster_radius)
+    return cfg
 
 
 @dataclass
@@ -287,13 +313,16 @@ def _strip(graph):
     """A copy holding only what the network needs (no strings, no site indices)."""
     from torch_geometric.data import Data
 
-    return Data(
+    data = Data(
         x=graph.x.float(),
         edge_index=graph.edge_index.long(),
         edge_attr=graph.edge_attr.float(),
         absorber_index=torch.as_tensor(graph.absorber_index, dtype=torch.long).view(1),
         y=graph.y.view(1, -1).float(),
     )
+    if getattr(graph, "pos", None) is not None:  # directional families (models.painn, models.descriptors)
+        data.pos = graph.pos.float()
+    return data
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,7 +349,8 @@ def predict_members(
         for batch in _loader(graphs, batch_size, shuffle=False):
             batch = batch.to(device)
             m, s = member(
-                batch.x, batch.edge_index, batch.edge_attr, batch.batch, batch.absorber_index.view(-1)
+                batch.x, batch.edge_index, batch.edge_attr, batch.batch, batch.absorber_index.view(-1),
+                getattr(batch, "pos", None),
             )
             mm.append(m.cpu())
             ss.append(s.cpu())
@@ -547,6 +577,55 @@ def select_architecture(
     }
 
 
+def family_comparison(path: str | Path, model: str) -> dict[str, Any]:
+    """The card's ``architecture_selection`` from a bench_model_families.py result file."""
+    path = Path(path)
+    try:
+        res = json.loads(path.read_text())
+        keys = ("comparison_o", "chosen", "learning_curve_o", "learning_curve_n", "extrapolation", "protocol")
+        missing = [k for k in keys if k not in res]
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--comparison-from {path}: cannot read it ({exc})") from None
+    if missing:
+        raise ValueError(f"--comparison-from {path}: not a bench_model_families.py result (missing {missing})")
+    metrics = ("peaks_within_1eV", "peaks_within_0.5eV", "mse", "median_pearson", "edge_mae_eV")
+
+    def row(entry):
+        return {**{k: entry["val"].get(k) for k in metrics},
+                **{k: entry["run"].get(k) for k in ("parameters", "epochs_run", "stopped", "cpu_seconds")}}
+
+    curve = res["learning_curve_o"] if model == "o-k" else res["learning_curve_n"] if model == "n-k" else []
+    out = {
+        "performed": True,
+        "split": "validation (molecule level); one member per family at equal CPU budget on o-k",
+        "criterion": res["protocol"].get("choice"),
+        "budget": res["protocol"].get("budget"),
+        "candidates_val_o_k": {fam: row(e) for fam, e in res["comparison_o"].items()},
+        "chosen": res["chosen"],
+        "learning_curve": [{"train_molecules": p["train_molecules"], "fraction": p["fraction"],
+                            "val": {k: p["val"].get(k) for k in metrics}, "test": {k: p["test"].get(k) for k in metrics}}
+                           for p in curve],
+        "extrapolation_to_0.90_within_1eV": res["extrapolation"].get(model),
+        "source": str(path.name),
+        "source_commit": (res.get("git") or {}).get("commit"),
+    }
+    if model == "n-k" and res.get("n_transfer"):
+        t = res["n_transfer"]
+        out["pretrain_on_o_then_finetune_on_n"] = {"val": {k: t["val"].get(k) for k in metrics},
+                                                   "test": {k: t["test"].get(k) for k in metrics}}
+    return out
+
+
+def pretrained_member(path: str | Path, m: int) -> dict[str, torch.Tensor]:
+    """State dict of member ``m`` (modulo the member count) of a weights file, for fine-tuning."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or "state_dict" not in payload or "config" not in payload:
+        raise ValueError(f"--init-from {path}: not a steered-xas weights file (needs 'config' and 'state_dict')")
+    k = m % int(payload["config"]["members"])
+    prefix = f"members.{k}."
+    return {key[len(prefix):]: v for key, v in payload["state_dict"].items() if key.startswith(prefix)}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train, calibrate, evaluate and write ``<out>/<name>.pt`` and ``<out>/<name>.json``."""
     from models.graphs import GraphBuilder
@@ -605,6 +684,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if resume is not None:
         selection = resume["selection"]
         arch = resume["arch"]
+    elif args.family != "mpnn":
+        if args.select_epochs > 0 or args.arch or args.selection_from:
+            raise ValueError(f"--select-epochs, --arch and --selection-from choose among MPNN variants; "
+                             f"they do not apply to --family {args.family}")
+        arch = {k: v for k, v in family_net_config(args.family, builder, out_dim).items()
+                if k not in ("node_dim", "edge_dim", "out_dim")}
+        selection = family_comparison(args.comparison_from, args.model) if args.comparison_from else {
+            "performed": False, "chosen_config": arch}
     elif args.select_epochs > 0:
         selection = select_architecture(
             node_dim, edge_dim, out_dim, graphs["train"], graphs["val"], settings,
@@ -622,7 +709,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             selection = json.loads(prior.read_text())["architecture_selection"]
             arch = ARCH_CANDIDATES[selection["chosen"]]
     for key in ("hidden", "steps"):
-        if getattr(args, key) is not None:
+        if getattr(args, key) is not None and key in arch:
             arch = {**arch, key: getattr(args, key)}
     net_config = {"node_dim": node_dim, "edge_dim": edge_dim, "out_dim": out_dim, **arch}
 
@@ -641,11 +728,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "member": m,
         }
         rs = resume["current"] if (resume is not None and resume.get("member") == m) else None
-        state, summary = train_member(
-            net_config, graphs["train"], graphs["val"], settings, member_seed, device, offset,
-            scale, checkpoint=ckpt_path, checkpoint_extra=extra, resume_state=rs,
-            desc=f"{name} member {m + 1}/{args.ensemble}", progress=not args.quiet,
-        )
+        if arch.get("family", "mpnn") == "mpnn":
+            state, summary = train_member(
+                net_config, graphs["train"], graphs["val"], settings, member_seed, device, offset,
+                scale, checkpoint=ckpt_path, checkpoint_extra=extra, resume_state=rs,
+                desc=f"{name} member {m + 1}/{args.ensemble}", progress=not args.quiet,
+            )
+        else:  # pre-built batches, CPU-time budget; resumable per member (via the checkpoint below)
+            from models.fit import train_family_member
+
+            net, summary, _ = train_family_member(
+                net_config, graphs["train"], graphs["val"], offset, scale, seed=member_seed,
+                batch_size=settings.batch_size, max_seconds=60 * settings.max_minutes_per_member,
+                lr=settings.lr, patience=settings.patience, max_epochs=settings.epochs,
+                init_state=pretrained_member(args.init_from, m) if args.init_from else None,
+            )
+            state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            if not args.quiet:
+                print(f"{name} member {m + 1}/{args.ensemble}: {summary['epochs_run']} epochs, "
+                      f"best val MSE {summary['best_val_mse']:.3e}, {summary['stopped']}", flush=True)
         resume = None
         done_states.append(state)
         summaries.append({k: v for k, v in summary.items() if k != "history"} | {"seed": member_seed, "history": summary["history"]})
@@ -660,7 +761,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     members = []
     for state in done_states:
-        net = XASNet(**net_config).to(device)
+        net = build_net(net_config).to(device)
         net.load_state_dict(state)
         members.append(net)
 
@@ -735,7 +836,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "graph_builder": _jsonable(builder_config),
         "hyper_parameters": {"net": net_config, "ensemble_members": len(members),
                              "training": settings.__dict__, "loss": "beta-Gaussian NLL (beta=%.2f)" % settings.beta_nll,
-                             "target_normalisation": "(mu - train mean spectrum) / scalar train std"},
+                             "target_normalisation": "(mu - train mean spectrum) / scalar train std",
+                             "init_from": ({"file": Path(args.init_from).name, "sha256": file_sha256(args.init_from)}
+                                           if args.init_from else None)},
         "architecture_selection": _jsonable(selection),
         "uncertainty": {
             "method": "deep ensemble of mean-variance networks; total var = mean member var + var of member means; "
@@ -802,6 +905,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-time limit of each candidate's selection run (0: none)")
     p.add_argument("--selection-from", default=None, help="reuse the architecture_selection of a model card")
     p.add_argument("--arch", default=None, choices=sorted(ARCH_CANDIDATES))
+    p.add_argument("--family", default="mpnn", choices=sorted(FAMILY_ARCH),
+                   help="model family (mpnn: models.gnn.XASNet; painn; acsf: symmetry functions + MLP)")
+    p.add_argument("--init-from", default=None, metavar="WEIGHTS",
+                   help="start member m from member m of this weights file (e.g. o-k.pt to fine-tune n-k; "
+                        "families other than mpnn)")
+    p.add_argument("--comparison-from", default=None, metavar="JSON",
+                   help="benchmarks/results/model_families.json: copy the family comparison, learning curve "
+                        "and extrapolation of this edge into the card")
     p.add_argument("--hidden", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")

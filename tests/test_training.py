@@ -124,3 +124,37 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="cuda"):
             resolve_device("cuda")
+
+
+def test_family_acsf_smoke_run_writes_a_card_and_weights_the_predictor_loads(qm9_o_k_jsonl, tmp_path):
+    from models.predictor import load_predictor
+
+    out = tmp_path / "acsf"
+    args = ["--model", "o-k", "--data", str(qm9_o_k_jsonl), "--limit", "24", "--epochs", "3",
+            "--ensemble", "2", "--family", "acsf", "--out", str(out), "--device", "cpu", "--quiet",
+            "--threads", "1"]
+    assert training.main(args) == 0
+    card = json.loads((out / "o-k.json").read_text())
+    assert card["hyper_parameters"]["net"]["family"] == "acsf"
+    assert card["data"]["files"][0]["sha256"] == file_sha256(qm9_o_k_jsonl)
+    assert [m["epochs_run"] for m in card["training"]["members"]] == [3, 3]
+    assert card["uncertainty"]["validation_coverage"]["rms_z"] == pytest.approx(1.0, abs=1e-3)
+    pred = load_predictor(out / "o-k.pt", device="cpu")
+    res = pred.predict(["OCC=O"])
+    assert res.mean.shape == (1, len(pred.energies))
+    assert (res.std > 0).all()
+
+    # fine-tuning: members start from a weights file's members (as n-k from o-k)
+    args2 = [a if a != str(out) else str(tmp_path / "tuned") for a in args] + ["--init-from", str(out / "o-k.pt")]
+    assert training.main(args2) == 0
+    tuned = json.loads((tmp_path / "tuned" / "o-k.json").read_text())
+    assert tuned["hyper_parameters"]["init_from"]["sha256"] == file_sha256(out / "o-k.pt")
+    first = training.pretrained_member(out / "o-k.pt", 0)
+    assert set(first) == set(pred.ensemble.members[0].state_dict())
+
+
+def test_family_rejects_mpnn_only_options(qm9_o_k_jsonl, tmp_path):
+    args = ["--model", "o-k", "--data", str(qm9_o_k_jsonl), "--limit", "12", "--family", "painn",
+            "--arch", "mpnn-absorber", "--out", str(tmp_path), "--quiet", "--threads", "1"]
+    with pytest.raises(ValueError, match="MPNN variants"):
+        training.main(args)
