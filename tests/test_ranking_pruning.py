@@ -118,3 +118,36 @@ def test_a_pruned_candidate_comes_back_when_the_readings_favour_it():
     assert was_pruned
     assert final.names[0] == ref.names[0] == "c1"
     assert final.probabilities[0] == pytest.approx(ref.probabilities[0], abs=final.pruned_mass_bound + 1e-12)
+
+
+def test_screening_a_large_library_stays_within_the_bound_of_the_exact_posterior():
+    """ScreeningEngine keeps only the candidates that matter live and re-evaluates the others
+    exactly when their bound could exceed ``prune_mass``: after every reading its posterior is
+    within the reported bound of the exact one, and it does prune (live set, few evaluations)."""
+    from xas_callbacks.ranking import ranking_tables
+    from xas_callbacks.screening import ScreeningEngine
+
+    n = 2000
+    mean = random_spectra(n, seed=42)
+    std = np.full_like(mean, 0.02)
+    names = [f"c{i}" for i in range(n)]
+    screen = ScreeningEngine(ranking_tables(names, ENERGIES, mean, std, RankingConfig(**SMALL_GRID)),
+                             max_live=300, chunk=500)
+    exact = RankingEngine(names, ENERGIES, mean, std, config=RankingConfig(**SMALL_GRID, full_every=1))
+    E, y, v = _readings(mean[17], seed=5, n=70)
+    pruned_updates = 0
+    for e, yy, vv in zip(E, y, v):
+        assert screen.add_point(e, yy, vv) == exact.add_point(e, yy, vv)
+        rs, re_ = screen.result(), exact.result()
+        p_s, p_e = np.empty(n), np.empty(n)
+        p_s[rs.order], p_e[re_.order] = rs.probabilities, re_.probabilities
+        err = max(np.max(np.abs(p_s - p_e)), abs(rs.p_none - re_.p_none),
+                  np.max(np.abs(rs.offset_posterior - re_.offset_posterior)),
+                  np.max(np.abs(rs.level_posterior - re_.level_posterior)))
+        assert err <= rs.pruned_mass_bound + 1e-12
+        assert rs.pruned_mass_bound <= 1e-6
+        assert sorted(rs.names) == sorted(names)
+        pruned_updates += screen.n_live < n / 10
+    assert pruned_updates > 20
+    assert screen.n_exact_evaluations < 70 * n / 2  # not every candidate at every reading
+    assert rs.names[0] == re_.names[0] == "c17"

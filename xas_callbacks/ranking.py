@@ -473,6 +473,24 @@ class RankingTables:
                 value.setflags(write=False)
 
 
+    def take(self, indices) -> "RankingTables":
+        """The tables of the candidates ``indices`` only (copies), with this set's median model
+        variance (so readings get the same weights) and the candidates' prior renormalised
+        over them."""
+        idx = np.asarray(indices, dtype=np.int64)
+        sub = object.__new__(RankingTables)
+        sub.__dict__.update(self.__dict__)
+        sub.names = tuple(self.names[i] for i in idx)
+        for name in ("M", "V", "dM", "dV"):
+            setattr(sub, name, np.ascontiguousarray(getattr(self, name)[:, :, idx]))
+        lp = self.log_prior_candidates[idx]
+        sub.log_prior_candidates = lp - _logsumexp(lp) if idx.size else lp
+        for value in vars(sub).values():
+            if isinstance(value, np.ndarray):
+                value.setflags(write=False)
+        return sub
+
+
 _TABLES: OrderedDict = OrderedDict()
 _TABLES_LOCK = threading.Lock()
 
@@ -563,6 +581,7 @@ class RankingEngine:
         self._log_prior_broadening = t.log_prior_broadening
         self._log_prior_cand = t.log_prior_candidates
         self.offset_prior = (t.config.offset_prior_mean, t.config.offset_prior_sd)
+        self._lp_levels = self.config.log_prior_levels
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -600,6 +619,11 @@ class RankingEngine:
         self._pts_E: list[float] = []
         self._pts_y: list[float] = []
         self._pts_v: list[float] = []
+
+    @property
+    def log_bound(self) -> float:
+        """The sum of :func:`reading_log_bound` over the readings so far."""
+        return self._log_bound
 
     def set_offset_prior(self, mean: float, sd: float) -> None:
         """Centre the Gaussian prior of the common offset on ``mean`` eV with ``sd`` (e.g. from
@@ -781,6 +805,14 @@ class RankingEngine:
         sl_b, sl_o = slice(0, self.broadenings.size), slice(0, self.offsets.size)
         return self._posterior(*self._evidence_and_cells(sl_b, sl_o, True), True, sl_b, sl_o)
 
+    def full_log_masses(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """At the last full evaluation: each candidate's log evidence (as in
+        :attr:`RankingResult.log_evidence`), its log posterior mass over every level ("none of
+        these" too) and cell, and the cumulative :func:`reading_log_bound` of the readings then.
+        Masses are unnormalised, in the units of :attr:`log_total`."""
+        f = self._full
+        return f["logZ_c"], f["log_mass"] + f["log_total"], f["log_bound"]
+
     def _pruned_mass_bound(self, log_total_evaluated: float) -> float:
         """Upper bound on the exact posterior mass of what the active window leaves out, given
         the evaluated cells' log total: the pruned mass at the last full evaluation, grown by
@@ -799,30 +831,39 @@ class RankingEngine:
         evidence (with candidate priors) of "none of these", the log normalising sum, and the
         posterior mass of each (level, broadening, offset) cell."""
         cfg = self.config
-        lp_ln = cfg.log_prior_levels[:, None] + self._log_prior_cand[None, :]
+        lp_levels = self._lp_levels
         cands = np.arange(len(self.names)) if full else self._active["n"]
         c = self._compact
         if full or c is None:
+            lp_ln = lp_levels[:, None] + self._log_prior_cand[None, :]
             lz, total_evaluated, mass = posterior_sums(
                 self._S, self._Q, self._shared_effective(), self._logdet, float(self.n_points), float(self._Slogw),
                 self._ab_priors(), self._log_prior_broadening, self._log_prior_offset, lp_ln,
                 1.0 / cfg.temperature, cfg.none_gamma, sl_b.start, sl_b.stop, sl_o.start, sl_o.stop, cands)
         else:  # the contiguous copy of the live cells
             n = c["n"]
-            lz_live, total_evaluated, mass = posterior_sums(
-                c["S"], c["Q"], np.ascontiguousarray(self._shared_effective()[:, :, n]),
-                np.ascontiguousarray(self._logdet[:, n]), float(self.n_points), float(self._Slogw),
-                self._ab_priors(), self._log_prior_broadening[sl_b], self._log_prior_offset[sl_o],
-                np.ascontiguousarray(lp_ln[:, n]), 1.0 / cfg.temperature, cfg.none_gamma,
-                0, c["S"].shape[0], 0, c["S"].shape[1], c["every"])
-            lz = np.full((lp_ln.shape[0], lp_ln.shape[1]), -np.inf)
-            lz[:, n] = lz_live
-        lz = lz + cfg.log_prior_levels[:, None]
+            shared = np.stack([self._S0 - self._shared[:, 0, n], self._Sy - self._shared[:, 1, n],
+                               self._Syy - self._shared[:, 2, n]], axis=1)
+            lz, total_evaluated, mass = posterior_sums(
+                c["S"], c["Q"], shared, np.ascontiguousarray(self._logdet[:, n]), float(self.n_points),
+                float(self._Slogw), self._ab_priors(), self._log_prior_broadening[sl_b],
+                self._log_prior_offset[sl_o], lp_levels[:, None] + c["lp"][None, :], 1.0 / cfg.temperature,
+                cfg.none_gamma, 0, c["S"].shape[0], 0, c["S"].shape[1], c["every"])
+            lz = lz + lp_levels[:, None]
+            logZ_c = np.full(len(self.names), -np.inf)  # pruned candidates: probability 0
+            logZ_c[n] = _logsumexp(lz[:-1], axis=0)
+            logZ_none = _logsumexp(lz[-1] + c["lp"])
+            self.log_total = float(total_evaluated)
+            return logZ_c, logZ_none, total_evaluated, mass
+        #: log of the evaluated cells' total (tempered evidence times every prior) at the last update
+        self.log_total = float(total_evaluated)
+        lz = lz + lp_levels[:, None]
         with np.errstate(divide="ignore"):  # pruned candidates: -inf, probability 0
             logZ_c = _logsumexp(lz[:-1], axis=0)
         logZ_none = _logsumexp(lz[-1, cands] + self._log_prior_cand[cands])
         if full:
             self._full = {"logZ_c": logZ_c, "log_mass": _logsumexp(lz, axis=0) + self._log_prior_cand - total_evaluated,
+                          "log_total": float(total_evaluated),
                           "log_bound": self._log_bound}
         return logZ_c, logZ_none, total_evaluated, mass
 
@@ -939,6 +980,7 @@ class RankingEngine:
             "S": np.ascontiguousarray(self._S[b, o][:, :, cands]),
             "Q": np.ascontiguousarray(self._Q[b, o][:, :, cands]),
             "T": {k: np.ascontiguousarray(T[b, o][:, :, cands]) for k, T in self._T.items()},
+            "lp": self._log_prior_cand[cands],
         }
 
     def model_at(self, index: int, energy, offset: float, broadening: float):
