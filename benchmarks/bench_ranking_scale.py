@@ -197,7 +197,7 @@ def plot(report: dict, path: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
-    p.add_argument("--coarse", type=int, default=12, help="readings of the first pass, added at once")
+    p.add_argument("--coarse", type=int, default=20, help="readings of the first pass, added at once")
     p.add_argument("--points", type=int, default=100, help="readings added one at a time after it")
     p.add_argument("--max-exact", type=int, default=1000, help="largest library ranked without pruning too")
     p.add_argument("--max-pruned", type=int, default=10000, help="largest library ranked by RankingEngine")

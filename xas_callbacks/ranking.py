@@ -42,7 +42,7 @@ import numpy as np
 
 from models.normalization import flatten, flattening, normalize
 from models.spectra import edge_half_height, gaussian_broaden_uniform
-from xas_callbacks.likelihood import LOG2PI, add_reading, log_evidence, posterior_sums
+from xas_callbacks.likelihood import LOG2PI, add_reading, add_readings, log_evidence, posterior_sums
 
 logger = logging.getLogger(__name__)
 
@@ -662,21 +662,40 @@ class RankingEngine:
         Returns False (and counts it in ``n_outside``) when the energy lies outside
         :attr:`window` or a value is not finite.
         """
+        reading = self._prepare(energy, y, var)
+        if reading is None:
+            return False
+        j, t, w, y, k, coef = reading
+        if k not in self._T:
+            self._T[k] = np.zeros(self._S.shape[:3])
+        c = self._compact
+        if c is None:
+            add_reading(self._M, self._dM, j, t, self._stride, w, y, self._S, self._T[k], self._Q, coef, *self._live)
+        else:  # only the live cells, in their contiguous copy
+            if k not in c["T"]:
+                c["T"][k] = np.zeros(c["S"].shape[:3])
+            add_reading(c["M"], c["dM"], j, t, self._stride, w, y, c["S"],
+                        c["T"][k], c["Q"], np.ascontiguousarray(coef[:, :, c["n"]]), 0, c["S"].shape[0], 0,
+                        c["S"].shape[1], c["every"])
+        return True
+
+    def _prepare(self, energy: float, y: float, var: float):
+        """Everything of a reading but the per-cell sums: its weight, block and coefficients,
+        and the sums shared by all cells. None (counted in ``n_outside``) when it is unusable."""
         energy, y, var = float(energy), float(y), float(var)
         if not (np.isfinite(energy) and np.isfinite(y) and np.isfinite(var) and var >= 0):
             self.n_outside += 1
-            return False
+            return None
         if not self.in_window(energy):
             self.n_outside += 1
-            return False
+            return None
         pos = (energy + self.offsets[0] - self._g0) / self._h
         j = int(np.floor(pos))
         cfg = self.config
         typical = np.interp(energy + self.offset_prior[0], self.grid, self.tables.median_var)
         w = 1.0 / (var + cfg.model_floor**2 + cfg.model_white**2 * typical)
         k = self.block_of(energy)
-        if k not in self._T:
-            self._T[k] = np.zeros(self._S.shape[:3])
+        if k not in self._F:
             self._F[k] = self._Fy[k] = 0.0
             self._P[k] = self._block_precision(k)
         P = self._P[k]
@@ -685,16 +704,6 @@ class RankingEngine:
         inv_old, inv_new = 1.0 / (f_old + P), 1.0 / (f_new + P)
         coef = np.stack([inv_new, inv_old, f_new * inv_new, f_old * inv_old, fy_new * inv_new, fy_old * inv_old], axis=1)
         reading = (j, float(pos - j), w, y, k, coef)
-        c = self._compact
-        if c is None:
-            add_reading(self._M, self._dM, j, reading[1], self._stride, w, y, self._S, self._T[k], self._Q, coef,
-                        *self._live)
-        else:  # only the live cells, in their contiguous copy
-            if k not in c["T"]:
-                c["T"][k] = np.zeros(c["S"].shape[:3])
-            add_reading(c["M"], c["dM"], j, reading[1], self._stride, w, y, c["S"],
-                        c["T"][k], c["Q"], np.ascontiguousarray(coef[:, :, c["n"]]), 0, c["S"].shape[0], 0,
-                        c["S"].shape[1], c["every"])
         self._readings.append(reading)
         self._shared[:, 0] += f_new * f_new * inv_new - f_old * f_old * inv_old
         self._shared[:, 1] += f_new * fy_new * inv_new - f_old * fy_old * inv_old
@@ -710,14 +719,29 @@ class RankingEngine:
         self._pts_E.append(energy)
         self._pts_y.append(y)
         self._pts_v.append(var)
-        return True
+        return reading
 
     def add_points(self, energy, y, var) -> int:
-        """Add several points in order; returns the number used."""
-        used = 0
-        for e, yy, vv in zip(np.atleast_1d(energy), np.atleast_1d(y), np.atleast_1d(var)):
-            used += self.add_point(e, yy, vv)
-        return used
+        """Add several points in order; returns the number used. The same sums as
+        :meth:`add_point` for each in turn, in one pass over the cells (unless pruned)."""
+        triples = zip(np.atleast_1d(energy), np.atleast_1d(y), np.atleast_1d(var))
+        if self._compact is not None:
+            return sum(self.add_point(e, yy, vv) for e, yy, vv in triples)
+        readings = [r for r in (self._prepare(e, yy, vv) for e, yy, vv in triples) if r is not None]
+        if readings:
+            blocks = sorted({r[4] for r in readings})
+            T = np.zeros((len(blocks),) + self._S.shape[:3])
+            for i, k in enumerate(blocks):
+                if k in self._T:
+                    T[i] = self._T[k]
+            row = {k: i for i, k in enumerate(blocks)}
+            add_readings(self._M, self._dM, np.array([r[0] for r in readings], dtype=np.int64),
+                         np.array([r[1] for r in readings]), self._stride, np.array([r[2] for r in readings]),
+                         np.array([r[3] for r in readings]), np.array([row[r[4]] for r in readings], dtype=np.int64),
+                         self._S, T, self._Q, np.stack([r[5] for r in readings]), *self._live)
+            for i, k in enumerate(blocks):
+                self._T[k] = T[i]
+        return len(readings)
 
     def rebuild(self, energy, y, var) -> int:
         """Replace all points (e.g. after a re-normalisation); same result as adding in order."""

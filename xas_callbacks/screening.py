@@ -141,8 +141,8 @@ class ScreeningEngine:
         eng = RankingEngine(tables=self.tables.take(idx), config=config)
         if self.offset_prior != (self.tables.config.offset_prior_mean, self.tables.config.offset_prior_sd):
             eng.set_offset_prior(*self.offset_prior)
-        for reading in self._readings:
-            eng.add_point(*reading)
+        if self._readings:
+            eng.add_points(*np.array(self._readings).T)  # one pass over the cells
         return eng
 
     def _evaluate(self, idx: np.ndarray):
