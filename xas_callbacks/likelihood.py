@@ -34,25 +34,30 @@ def add_reading(M, dM, j, t, stride, w, y, S, T, Q, coef, b_lo, b_hi, o_lo, o_hi
     coefficients ``(1/B_new, 1/B_old, F_new/B_new, F_old/B_old, Fy_new/B_new, Fy_old/B_old)`` of
     level ``l``.
     """
-    L = Q.shape[3]
     for b in range(b_lo, b_hi):
         for o in range(o_lo, o_hi):
             g = j + o * stride
             for n in cands:
-                m = M[b, g, n] + t * dM[b, g, n]
-                wm = w * m
-                S[b, o, n, 0] += wm
-                S[b, o, n, 1] += wm * m
-                S[b, o, n, 2] += wm * y
-                told = T[b, o, n]
-                tnew = told + wm
-                T[b, o, n] = tnew
-                t2o = told * told
-                t2n = tnew * tnew
-                for l in range(L):
-                    Q[b, o, n, l, 0] += t2n * coef[l, 0, n] - t2o * coef[l, 1, n]
-                    Q[b, o, n, l, 1] += tnew * coef[l, 2, n] - told * coef[l, 3, n]
-                    Q[b, o, n, l, 2] += tnew * coef[l, 4, n] - told * coef[l, 5, n]
+                _add_to_cell(M, dM, g, t, w, y, S, T, Q, coef, b, o, n)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _add_to_cell(M, dM, g, t, w, y, S, T, Q, coef, b, o, n):  # pragma: no cover - compiled
+    """One reading into one cell's sums (:func:`add_reading`)."""
+    m = M[b, g, n] + t * dM[b, g, n]
+    wm = w * m
+    S[b, o, n, 0] += wm
+    S[b, o, n, 1] += wm * m
+    S[b, o, n, 2] += wm * y
+    told = T[b, o, n]
+    tnew = told + wm
+    T[b, o, n] = tnew
+    t2o = told * told
+    t2n = tnew * tnew
+    for l in range(Q.shape[3]):
+        Q[b, o, n, l, 0] += t2n * coef[l, 0, n] - t2o * coef[l, 1, n]
+        Q[b, o, n, l, 1] += tnew * coef[l, 2, n] - told * coef[l, 3, n]
+        Q[b, o, n, l, 2] += tnew * coef[l, 4, n] - told * coef[l, 5, n]
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -166,24 +171,9 @@ def add_readings(M, dM, js, ts, stride, ws, ys, ks, S, T, Q, coefs, b_lo, b_hi, 
     ``js, ts, ws, ys`` hold each reading's grid index, fraction, weight and value; ``ks[r]`` the
     row of ``T`` (blocks, W, O, N) of its block; ``coefs[r]`` its ``coef``.
     """
-    L = Q.shape[3]
     for b in range(b_lo, b_hi):
         for o in range(o_lo, o_hi):
             for r in range(js.size):
-                g = js[r] + o * stride
-                t, w, y, k = ts[r], ws[r], ys[r], ks[r]
+                Tk, coef = T[ks[r]], coefs[r]
                 for n in cands:
-                    m = M[b, g, n] + t * dM[b, g, n]
-                    wm = w * m
-                    S[b, o, n, 0] += wm
-                    S[b, o, n, 1] += wm * m
-                    S[b, o, n, 2] += wm * y
-                    told = T[k, b, o, n]
-                    tnew = told + wm
-                    T[k, b, o, n] = tnew
-                    t2o = told * told
-                    t2n = tnew * tnew
-                    for l in range(L):
-                        Q[b, o, n, l, 0] += t2n * coefs[r, l, 0, n] - t2o * coefs[r, l, 1, n]
-                        Q[b, o, n, l, 1] += tnew * coefs[r, l, 2, n] - told * coefs[r, l, 3, n]
-                        Q[b, o, n, l, 2] += tnew * coefs[r, l, 4, n] - told * coefs[r, l, 5, n]
+                    _add_to_cell(M, dM, js[r] + o * stride, ts[r], ws[r], ys[r], S, Tk, Q, coef, b, o, n)
