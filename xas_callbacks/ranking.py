@@ -481,8 +481,10 @@ class RankingTables:
         sub = object.__new__(RankingTables)
         sub.__dict__.update(self.__dict__)
         sub.names = tuple(self.names[i] for i in idx)
+        run = idx.size and idx[-1] - idx[0] + 1 == idx.size and np.all(np.diff(idx) == 1)
+        pick = slice(int(idx[0]), int(idx[-1]) + 1) if run else idx  # a range: a copy, not a gather
         for name in ("M", "V", "dM", "dV"):
-            setattr(sub, name, np.ascontiguousarray(getattr(self, name)[:, :, idx]))
+            setattr(sub, name, np.ascontiguousarray(getattr(self, name)[:, :, pick]))
         lp = self.log_prior_candidates[idx]
         sub.log_prior_candidates = lp - _logsumexp(lp) if idx.size else lp
         for value in vars(sub).values():
