@@ -219,6 +219,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     for n in args.sizes:
         report["sizes"].append(bench_size(n, args))
+        Path(args.out).write_text(json.dumps(report, indent=1, default=str))  # what is done so far
     report["load_average_at_end"] = os.getloadavg()
     report["reference_loop_cpu_ms_at_end"] = _reference_loop_ms()
     report["peak_rss_mb"] = _rss_mb()
