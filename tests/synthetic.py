@@ -73,3 +73,23 @@ def fake_qm9pack(folder):
             f'"dsgdb9nsd_{i:06d}.xyz",{i},"{rows[i][0]}","x",2,"[]","{rows[i][1]}","{rows[i][2]}"\n' for i in idx
         ]
         (folder / f"qm9_part{k}.csv").write_text(header + "".join(lines))
+
+
+def random_spectra(n: int, energies=ENERGIES, seed: int = 0) -> np.ndarray:
+    """``n`` random smooth normalised spectra (n, E) on ``energies``: an arctan edge near
+    :data:`E0` (random position and width), four Gaussian peaks above it and a damped
+    oscillation, of random heights, widths and periods. For tests and benchmarks of the ranking
+    at scale, where no model prediction is needed."""
+    rng = np.random.default_rng(seed)
+    x = np.asarray(energies, dtype=float)[None, :] - E0
+
+    def column(lo, hi):
+        return rng.uniform(lo, hi, (n, 1))
+
+    edge = column(-4.0, 4.0)
+    out = 0.5 + np.arctan((x - edge) / column(1.0, 3.0)) / np.pi
+    for _ in range(4):
+        out += column(0.0, 0.3) * np.exp(-0.5 * ((x - edge - column(0.0, 60.0)) / column(2.0, 8.0)) ** 2)
+    above = np.clip(x - edge - 10.0, 0.0, None)
+    out += column(0.0, 0.1) * np.sin(2 * np.pi * above / column(15.0, 40.0)) * np.exp(-above / 60.0)
+    return out

@@ -12,6 +12,7 @@ __all__ = [
     "RankingEngine",
     "RankingConfig",
     "RankingResult",
+    "ScreeningEngine",
     "LiveRankingPlot",
 ]
 
@@ -21,6 +22,7 @@ _WHERE = {
     "RankingEngine": "xas_callbacks.ranking",
     "RankingConfig": "xas_callbacks.ranking",
     "RankingResult": "xas_callbacks.ranking",
+    "ScreeningEngine": "xas_callbacks.screening",
     "LiveRankingPlot": "xas_callbacks.plotting",
 }
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from models.normalization import flatten, flattening, normalize
 from models.spectra import edge_half_height, gaussian_broaden_uniform
-from xas_callbacks.likelihood import LOG2PI, add_reading, log_evidence, posterior_sums
+from xas_callbacks.likelihood import LOG2PI, add_reading, add_readings, log_evidence, posterior_sums
 
 logger = logging.getLogger(__name__)
 
@@ -108,13 +108,24 @@ class RankingConfig:
         Step (eV) of the uniform fine grid onto which candidates are resampled.
     pre_pad
         How far (eV) below the model grid a measured point may lie and still be used.
-    full_every, prune_eps
-        Full evaluations happen when the number of points has doubled since the last one, at
-        least every ``full_every`` points, and whenever posterior mass reaches the edge of the
-        active window. In between, only the offsets and broadenings that held more than
-        ``prune_eps`` of the maximum mass at the last full evaluation (plus two cells each side),
-        and the candidates above ``prune_eps`` of the leader (at least the 32 leading ones), are
-        updated and evaluated; the others catch up at the next full evaluation. 1: always full.
+    full_every, prune_eps, prune_mass
+        Pruning. Full evaluations happen when the number of points has doubled since the last
+        one, at least every ``full_every`` points, whenever posterior mass reaches the edge of
+        the active window, and whenever the pruned mass could exceed ``prune_mass`` (below).
+        In between, only the offsets and broadenings that held more than ``prune_eps`` of the
+        maximum mass at the last full evaluation (plus two cells each side), and the candidates
+        above ``prune_eps`` of the leader (at least the 32 leading ones), are updated and
+        evaluated; the others catch up at the next full evaluation. 1: always full.
+        The bound: a reading's predictive density in any cell is at most ``sqrt(w / 2 pi)``
+        (its white variance ``1/w`` is independent of everything before it), so the pruned
+        cells' total mass can grow, relative to the evaluated ones, by at most that per reading
+        (tempered; see :func:`reading_log_bound`). A pruned evaluation is used only while this
+        bound on the pruned cells' exact posterior mass is at most ``prune_mass`` (else the
+        update is full); pruned candidates are then reported with probability 0, so every
+        probability (each candidate's, "none of these", each offset's and broadening's) is
+        within ``prune_mass`` of the exact posterior (total variation <= ``prune_mass``). A
+        pruning whose mass at the full evaluation exceeds ``PRUNE_HEADROOM * prune_mass`` is
+        not made. The bound is in :attr:`RankingResult.pruned_mass_bound`.
 
     The discrepancy and offset settings were chosen on validation data (README, "How the ranking
     treats real measurements").
@@ -144,6 +155,7 @@ class RankingConfig:
     pre_pad: float = 20.0
     full_every: int = 100
     prune_eps: float = 1e-10
+    prune_mass: float = 1e-6
 
     @classmethod
     def for_model(cls, model: str | None, **overrides) -> "RankingConfig":
@@ -238,6 +250,10 @@ class RankingResult:
     measurement_broadening_eV: float = 0.0
     #: the offset prior in use: mean and sd (eV) and where it came from ("foil", "edges", "config")
     offset_prior: tuple = (0.0, 0.0, "config")
+    #: upper bound on the exact posterior mass of the cells and candidates this update did not
+    #: evaluate (reported with probability 0; their ``log_evidence`` is an upper bound): 0 when
+    #: every cell was evaluated (``RankingConfig.prune_mass``)
+    pruned_mass_bound: float = 0.0
 
     def top(self, k: int = 5) -> list[tuple[str, float, float]]:
         """The first ``k`` (name, probability, log-evidence)."""
@@ -343,6 +359,25 @@ PRE_EDGE_DECAY_EV = 2.0
 #: Candidates always evaluated between full evaluations, however small their posterior.
 MIN_ACTIVE_CANDIDATES = 32
 
+#: A pruning is made only when the pruned mass is at most this fraction of ``prune_mass``: the
+#: rest is the room the bound may grow into before the next full evaluation.
+PRUNE_HEADROOM = 1e-3
+
+
+def reading_log_bound(w: float, temperature: float = 1.0, none_gamma: float = 0.0) -> float:
+    """Upper bound on how much one reading of weight ``w`` (1 / its white variance) can raise
+    the tempered log evidence of any cell: ``(log sqrt(w / 2 pi) + max(0, -gamma / 2)) / T``.
+
+    In a cell the reading is ``a m + b + delta + n`` with ``n ~ N(0, 1/w)`` independent of the
+    amplitude, background, discrepancy and earlier readings, so its predictive density given the
+    earlier readings is Gaussian with variance at least ``1/w``. The "none of these" level adds
+    ``gamma / 2`` times the reading's squared standardised innovation less one; for
+    ``gamma <= 1`` the sum stays below the bound; for ``gamma > 1`` there is none (inf).
+    """
+    if none_gamma > 1.0:
+        return float("inf")
+    return (0.5 * float(np.log(w / (2.0 * np.pi))) + max(0.0, -0.5 * none_gamma)) / temperature
+
 
 class RankingTables:
     """The candidates' spectra prepared for ranking: immutable, shared by every run that ranks
@@ -438,6 +473,26 @@ class RankingTables:
                 value.setflags(write=False)
 
 
+    def take(self, indices) -> "RankingTables":
+        """The tables of the candidates ``indices`` only (copies), with this set's median model
+        variance (so readings get the same weights) and the candidates' prior renormalised
+        over them."""
+        idx = np.asarray(indices, dtype=np.int64)
+        sub = object.__new__(RankingTables)
+        sub.__dict__.update(self.__dict__)
+        sub.names = tuple(self.names[i] for i in idx)
+        run = idx.size and idx[-1] - idx[0] + 1 == idx.size and np.all(np.diff(idx) == 1)
+        pick = slice(int(idx[0]), int(idx[-1]) + 1) if run else idx  # a range: a copy, not a gather
+        for name in ("M", "V", "dM", "dV"):
+            setattr(sub, name, np.ascontiguousarray(getattr(self, name)[:, :, pick]))
+        lp = self.log_prior_candidates[idx]
+        sub.log_prior_candidates = lp - _logsumexp(lp) if idx.size else lp
+        for value in vars(sub).values():
+            if isinstance(value, np.ndarray):
+                value.setflags(write=False)
+        return sub
+
+
 _TABLES: OrderedDict = OrderedDict()
 _TABLES_LOCK = threading.Lock()
 
@@ -528,6 +583,7 @@ class RankingEngine:
         self._log_prior_broadening = t.log_prior_broadening
         self._log_prior_cand = t.log_prior_candidates
         self.offset_prior = (t.config.offset_prior_mean, t.config.offset_prior_sd)
+        self._lp_levels = self.config.log_prior_levels
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -553,12 +609,23 @@ class RankingEngine:
         if not keep_window or getattr(self, "_active", None) is None:
             self._live = (0, W, 0, O, np.arange(N))
             self._active = None
+            self._compact = None
+        else:  # the pruned cells' mass was for other readings: the next evaluation is full
+            self._active["log_pruned"] = np.inf
+            if self._compact is not None:
+                self._make_compact(self._compact["b"], self._compact["o"], self._compact["n"])
+        self._log_bound = 0.0  # sum over the readings of reading_log_bound
         self._stale_from = 0  # readings from here on are missing in the cells outside _live
         self.n_points = 0
         self.n_outside = 0
         self._pts_E: list[float] = []
         self._pts_y: list[float] = []
         self._pts_v: list[float] = []
+
+    @property
+    def log_bound(self) -> float:
+        """The sum of :func:`reading_log_bound` over the readings so far."""
+        return self._log_bound
 
     def set_offset_prior(self, mean: float, sd: float) -> None:
         """Centre the Gaussian prior of the common offset on ``mean`` eV with ``sd`` (e.g. from
@@ -597,21 +664,40 @@ class RankingEngine:
         Returns False (and counts it in ``n_outside``) when the energy lies outside
         :attr:`window` or a value is not finite.
         """
+        reading = self._prepare(energy, y, var)
+        if reading is None:
+            return False
+        j, t, w, y, k, coef = reading
+        if k not in self._T:
+            self._T[k] = np.zeros(self._S.shape[:3])
+        c = self._compact
+        if c is None:
+            add_reading(self._M, self._dM, j, t, self._stride, w, y, self._S, self._T[k], self._Q, coef, *self._live)
+        else:  # only the live cells, in their contiguous copy
+            if k not in c["T"]:
+                c["T"][k] = np.zeros(c["S"].shape[:3])
+            add_reading(c["M"], c["dM"], j, t, self._stride, w, y, c["S"],
+                        c["T"][k], c["Q"], np.ascontiguousarray(coef[:, :, c["n"]]), 0, c["S"].shape[0], 0,
+                        c["S"].shape[1], c["every"])
+        return True
+
+    def _prepare(self, energy: float, y: float, var: float):
+        """Everything of a reading but the per-cell sums: its weight, block and coefficients,
+        and the sums shared by all cells. None (counted in ``n_outside``) when it is unusable."""
         energy, y, var = float(energy), float(y), float(var)
         if not (np.isfinite(energy) and np.isfinite(y) and np.isfinite(var) and var >= 0):
             self.n_outside += 1
-            return False
+            return None
         if not self.in_window(energy):
             self.n_outside += 1
-            return False
+            return None
         pos = (energy + self.offsets[0] - self._g0) / self._h
         j = int(np.floor(pos))
         cfg = self.config
         typical = np.interp(energy + self.offset_prior[0], self.grid, self.tables.median_var)
         w = 1.0 / (var + cfg.model_floor**2 + cfg.model_white**2 * typical)
         k = self.block_of(energy)
-        if k not in self._T:
-            self._T[k] = np.zeros(self._S.shape[:3])
+        if k not in self._F:
             self._F[k] = self._Fy[k] = 0.0
             self._P[k] = self._block_precision(k)
         P = self._P[k]
@@ -620,8 +706,6 @@ class RankingEngine:
         inv_old, inv_new = 1.0 / (f_old + P), 1.0 / (f_new + P)
         coef = np.stack([inv_new, inv_old, f_new * inv_new, f_old * inv_old, fy_new * inv_new, fy_old * inv_old], axis=1)
         reading = (j, float(pos - j), w, y, k, coef)
-        add_reading(self._M, self._dM, j, reading[1], self._stride, w, y, self._S, self._T[k], self._Q, coef,
-                    *self._live)
         self._readings.append(reading)
         self._shared[:, 0] += f_new * f_new * inv_new - f_old * f_old * inv_old
         self._shared[:, 1] += f_new * fy_new * inv_new - f_old * fy_old * inv_old
@@ -632,18 +716,34 @@ class RankingEngine:
         self._Sy += w * y
         self._Syy += w * y * y
         self._Slogw += np.log(w)
+        self._log_bound += reading_log_bound(w, cfg.temperature, cfg.none_gamma)
         self.n_points += 1
         self._pts_E.append(energy)
         self._pts_y.append(y)
         self._pts_v.append(var)
-        return True
+        return reading
 
     def add_points(self, energy, y, var) -> int:
-        """Add several points in order; returns the number used."""
-        used = 0
-        for e, yy, vv in zip(np.atleast_1d(energy), np.atleast_1d(y), np.atleast_1d(var)):
-            used += self.add_point(e, yy, vv)
-        return used
+        """Add several points in order; returns the number used. The same sums as
+        :meth:`add_point` for each in turn, in one pass over the cells (unless pruned)."""
+        triples = zip(np.atleast_1d(energy), np.atleast_1d(y), np.atleast_1d(var))
+        if self._compact is not None:
+            return sum(self.add_point(e, yy, vv) for e, yy, vv in triples)
+        readings = [r for r in (self._prepare(e, yy, vv) for e, yy, vv in triples) if r is not None]
+        if readings:
+            blocks = sorted({r[4] for r in readings})
+            T = np.zeros((len(blocks),) + self._S.shape[:3])
+            for i, k in enumerate(blocks):
+                if k in self._T:
+                    T[i] = self._T[k]
+            row = {k: i for i, k in enumerate(blocks)}
+            add_readings(self._M, self._dM, np.array([r[0] for r in readings], dtype=np.int64),
+                         np.array([r[1] for r in readings]), self._stride, np.array([r[2] for r in readings]),
+                         np.array([r[3] for r in readings]), np.array([row[r[4]] for r in readings], dtype=np.int64),
+                         self._S, T, self._Q, np.stack([r[5] for r in readings]), *self._live)
+            for i, k in enumerate(blocks):
+                self._T[k] = T[i]
+        return len(readings)
 
     def rebuild(self, energy, y, var) -> int:
         """Replace all points (e.g. after a re-normalisation); same result as adding in order."""
@@ -653,6 +753,14 @@ class RankingEngine:
     def _catch_up(self) -> None:
         """Bring the cells outside the live region up to date: replay the readings they missed."""
         W, O, N = self._S.shape[:3]
+        c = self._compact
+        if c is not None:  # the live cells' sums back into the full arrays
+            b, o, n = c["b"], c["o"], c["n"]
+            self._S[b, o][:, :, n] = c["S"]
+            self._Q[b, o][:, :, n] = c["Q"]
+            for k, T in c["T"].items():
+                self._T[k][b, o][:, :, n] = T
+            self._compact = None
         b_lo, b_hi, o_lo, o_hi, live = self._live
         every, others = np.arange(N), np.setdiff1d(np.arange(N), live)
         stale = [r for r in ((0, b_lo, 0, O, every), (b_hi, W, 0, O, every), (b_lo, b_hi, 0, o_lo, every),
@@ -691,8 +799,8 @@ class RankingEngine:
 
     def _need_full(self) -> bool:
         act = self._active
-        if act is None or self.config.full_every <= 1:
-            return True
+        if act is None or self.config.full_every <= 1 or act["log_pruned"] in (np.inf, -np.inf):
+            return True  # (-inf: nothing was pruned, a full evaluation costs no more and may prune)
         since = self.n_points - act["at"]
         return since >= min(self.config.full_every, max(act["at"], 1)) or act["edge_mass"] > 1e-7
 
@@ -711,12 +819,37 @@ class RankingEngine:
         """
         if full is None:
             full = self._need_full()
-        if full:
-            self._catch_up()
-            sl_b, sl_o = slice(0, self.broadenings.size), slice(0, self.offsets.size)
-        else:
+        if not full:
             sl_b, sl_o = self._active["b"], self._active["o"]
-        return self._posterior(*self._evidence_and_cells(sl_b, sl_o, full), full, sl_b, sl_o)
+            evaluated = self._evidence_and_cells(sl_b, sl_o, False)
+            bound = self._pruned_mass_bound(evaluated[2])
+            if bound <= self.config.prune_mass:
+                res = self._posterior(*evaluated, False, sl_b, sl_o)
+                res.pruned_mass_bound = bound
+                return res
+        self._catch_up()
+        sl_b, sl_o = slice(0, self.broadenings.size), slice(0, self.offsets.size)
+        return self._posterior(*self._evidence_and_cells(sl_b, sl_o, True), True, sl_b, sl_o)
+
+    def full_log_masses(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """At the last full evaluation: each candidate's log evidence (as in
+        :attr:`RankingResult.log_evidence`), its log posterior mass over every level ("none of
+        these" too) and cell, and the cumulative :func:`reading_log_bound` of the readings then.
+        Masses are unnormalised, in the units of :attr:`log_total`."""
+        f = self._full
+        return f["logZ_c"], f["log_mass"] + f["log_total"], f["log_bound"]
+
+    def _pruned_mass_bound(self, log_total_evaluated: float) -> float:
+        """Upper bound on the exact posterior mass of what the active window leaves out, given
+        the evaluated cells' log total: the pruned mass at the last full evaluation, grown by
+        :func:`reading_log_bound` for every reading since."""
+        act = self._active
+        log_pruned = act["log_pruned"] + (self._log_bound - act["log_bound"])
+        if log_pruned == -np.inf:
+            return 0.0
+        if not np.isfinite(log_pruned):
+            return 1.0
+        return float(np.exp(log_pruned - np.logaddexp(log_pruned, log_total_evaluated)))
 
     def _evidence_and_cells(self, sl_b: slice, sl_o: slice, full: bool):
         """From the cells in ``sl_b, sl_o`` (and, unless ``full``, the active candidates): each
@@ -724,29 +857,51 @@ class RankingEngine:
         evidence (with candidate priors) of "none of these", the log normalising sum, and the
         posterior mass of each (level, broadening, offset) cell."""
         cfg = self.config
-        lp_ln = cfg.log_prior_levels[:, None] + self._log_prior_cand[None, :]
+        lp_levels = self._lp_levels
         cands = np.arange(len(self.names)) if full else self._active["n"]
-        lz, total_evaluated, mass = posterior_sums(
-            self._S, self._Q, self._shared_effective(), self._logdet, float(self.n_points), float(self._Slogw),
-            self._ab_priors(), self._log_prior_broadening, self._log_prior_offset, lp_ln,
-            1.0 / cfg.temperature, cfg.none_gamma, sl_b.start, sl_b.stop, sl_o.start, sl_o.stop, cands)
+        c = self._compact
+        if full or c is None:
+            lp_ln = lp_levels[:, None] + self._log_prior_cand[None, :]
+            lz, total_evaluated, mass = posterior_sums(
+                self._S, self._Q, self._shared_effective(), self._logdet, float(self.n_points), float(self._Slogw),
+                self._ab_priors(), self._log_prior_broadening, self._log_prior_offset, lp_ln,
+                1.0 / cfg.temperature, cfg.none_gamma, sl_b.start, sl_b.stop, sl_o.start, sl_o.stop, cands)
+        else:  # the contiguous copy of the live cells
+            n = c["n"]
+            shared = np.stack([self._S0 - self._shared[:, 0, n], self._Sy - self._shared[:, 1, n],
+                               self._Syy - self._shared[:, 2, n]], axis=1)
+            lz, total_evaluated, mass = posterior_sums(
+                c["S"], c["Q"], shared, np.ascontiguousarray(self._logdet[:, n]), float(self.n_points),
+                float(self._Slogw), self._ab_priors(), self._log_prior_broadening[sl_b],
+                self._log_prior_offset[sl_o], lp_levels[:, None] + c["lp"][None, :], 1.0 / cfg.temperature,
+                cfg.none_gamma, 0, c["S"].shape[0], 0, c["S"].shape[1], c["every"])
+            lz = lz + lp_levels[:, None]
+            logZ_c = np.full(len(self.names), -np.inf)  # pruned candidates: probability 0
+            logZ_c[n] = _logsumexp(lz[:-1], axis=0)
+            logZ_none = _logsumexp(lz[-1] + c["lp"])
+            self.log_total = float(total_evaluated)
+            return logZ_c, logZ_none, total_evaluated, mass
+        #: log of the evaluated cells' total (tempered evidence times every prior) at the last update
+        self.log_total = float(total_evaluated)
+        lz = lz + lp_levels[:, None]
+        with np.errstate(divide="ignore"):  # pruned candidates: -inf, probability 0
+            logZ_c = _logsumexp(lz[:-1], axis=0)
+        logZ_none = _logsumexp(lz[-1, cands] + self._log_prior_cand[cands])
         if full:
-            self._lz_full = lz
-        else:  # candidates pruned at the last full evaluation keep its (negligible) evidence
-            pruned = np.ones(lz.shape[1], dtype=bool)
-            pruned[cands] = False
-            lz[:, pruned] = self._lz_full[:, pruned]
-        lz = lz + cfg.log_prior_levels[:, None]
-        logZ_c = _logsumexp(lz[:-1], axis=0)
-        logZ_none = _logsumexp(lz[-1] + self._log_prior_cand)
-        total = _logsumexp(np.append(logZ_c + self._log_prior_cand, logZ_none))
-        return logZ_c, logZ_none, total, mass * np.exp(total_evaluated - total)
+            self._full = {"logZ_c": logZ_c, "log_mass": _logsumexp(lz, axis=0) + self._log_prior_cand - total_evaluated,
+                          "log_total": float(total_evaluated),
+                          "log_bound": self._log_bound}
+        return logZ_c, logZ_none, total_evaluated, mass
 
     def _posterior(self, logZ_c, logZ_none, total, mass, full: bool, sl_b: slice, sl_o: slice) -> RankingResult:
         """The :class:`RankingResult` from :meth:`_evidence_and_cells`' output."""
         offsets = self.offsets[sl_o]
         broadenings = self.broadenings[sl_b]
         post = np.exp(logZ_c + self._log_prior_cand - total)
+        if not full:  # pruned candidates: probability 0, log evidence its upper bound
+            pruned = ~np.isfinite(logZ_c)
+            logZ_c = logZ_c.copy()
+            logZ_c[pruned] = self._full["logZ_c"][pruned] + (self._log_bound - self._full["log_bound"])
         p_none = float(np.exp(logZ_none - total))
         cell = mass.sum(axis=0)
         p_off_act = cell.sum(axis=0)
@@ -759,7 +914,7 @@ class RankingEngine:
         p_b[sl_b] = p_b_act
         levels = mass.sum(axis=(1, 2))
         if full:
-            self._set_active(p_b, p_off, post)
+            self._set_active(p_b, p_off, mass, total)
         else:
             self._active["edge_mass"] = float(
                 (p_off_act[0] if sl_o.start > 0 else 0.0)
@@ -768,7 +923,7 @@ class RankingEngine:
                 + (p_b_act[-1] if sl_b.stop < self.broadenings.size else 0.0))
         off_mean = float(np.dot(p_off_act, offsets))
         off_sd = float(np.sqrt(max(np.dot(p_off_act, (offsets - off_mean) ** 2), 0.0)))
-        order = np.lexsort((np.arange(post.size), -post))  # stable, deterministic ties
+        order = np.lexsort((np.arange(post.size), -logZ_c - self._log_prior_cand, -post))  # deterministic ties
         nz = post[post > 0]
         entropy = float(-np.sum(nz * np.log(nz)))
         warnings = []
@@ -796,22 +951,63 @@ class RankingEngine:
             warnings=warnings,
         )
 
-    def _set_active(self, p_b: np.ndarray, p_off: np.ndarray, post: np.ndarray) -> None:
+    def _set_active(self, p_b: np.ndarray, p_off: np.ndarray, mass: np.ndarray, log_total: float) -> None:
+        """Choose the cells and candidates to update until the next full evaluation, and record
+        the pruned rest's posterior mass (an upper bound: the cells outside the window plus the
+        pruned candidates' total) for :meth:`_pruned_mass_bound`."""
         eps, margin = self.config.prune_eps, 2
+        budget = PRUNE_HEADROOM * self.config.prune_mass / 3.0  # for offsets, broadenings, candidates
+        cand_mass = np.exp(self._full["log_mass"])  # every level, "none of these" too
 
         def window(p):
-            idx = np.flatnonzero(p > eps * p.max())
-            if idx.size == 0:
-                return slice(0, p.size)
-            return slice(max(int(idx[0]) - margin, 0), min(int(idx[-1]) + margin + 1, p.size))
+            # drop end cells below eps of the peak while the mass dropped stays within the budget
+            lo, hi, dropped = 0, p.size, 0.0
+            while hi - lo > 1:
+                end = lo if p[lo] <= p[hi - 1] else hi - 1
+                if p[end] > eps * p.max() or dropped + p[end] > budget:
+                    break
+                dropped += p[end]
+                lo, hi = (lo + 1, hi) if end == lo else (lo, hi - 1)
+            return slice(max(lo - margin, 0), min(hi + margin, p.size))
 
-        top = np.argsort(post, kind="stable")[::-1][:MIN_ACTIVE_CANDIDATES]
-        cands = np.union1d(np.flatnonzero(post > eps * post.max()), top).astype(np.int64)
-        self._active = {"b": window(p_b), "o": window(p_off), "n": cands, "at": self.n_points, "edge_mass": 0.0}
+        by_mass = np.argsort(cand_mass, kind="stable")
+        keep = np.ones(cand_mass.size, dtype=bool)
+        low = (np.cumsum(cand_mass[by_mass]) <= budget) & (cand_mass[by_mass] <= eps * cand_mass.max())
+        keep[by_mass[low]] = False
+        keep[by_mass[::-1][:MIN_ACTIVE_CANDIDATES]] = True
+        cands = np.flatnonzero(keep).astype(np.int64)
+        b, o = window(p_b), window(p_off)
+        outside = mass.copy()
+        outside[:, b, o] = 0.0
+        p_pruned = float(outside.sum() + cand_mass[~keep].sum())
+        if self.config.none_gamma > 1.0:
+            b, o, cands, p_pruned = slice(0, p_b.size), slice(0, p_off.size), np.arange(cand_mass.size), 0.0
+        with np.errstate(divide="ignore"):
+            log_pruned = float(np.log(p_pruned)) + log_total
+        self._active = {"b": b, "o": o, "n": cands, "at": self.n_points, "edge_mass": 0.0,
+                        "log_pruned": log_pruned, "log_bound": self._log_bound}
         # from here on only the cells of the active window are kept up to date per reading
-        b, o = self._active["b"], self._active["o"]
         self._live = (b.start, b.stop, o.start, o.stop, cands)
         self._stale_from = len(self._readings)
+        if (b.stop - b.start, o.stop - o.start, cands.size) != (p_b.size, p_off.size, cand_mass.size):
+            self._make_compact(b, o, cands)
+
+    def _make_compact(self, b: slice, o: slice, cands: np.ndarray) -> None:
+        """Contiguous copies of the live cells' tables and sums (broadenings ``b``, offsets
+        ``o``, candidates ``cands``), updated and evaluated in place of the scattered originals
+        until :meth:`_catch_up` writes them back."""
+        g_hi = min((o.stop - 1) * self._stride + self._M.shape[1] - (self.offsets.size - 1) * self._stride,
+                   self._M.shape[1])
+        g = slice(o.start * self._stride, g_hi)
+        self._compact = {
+            "b": b, "o": o, "n": cands, "every": np.arange(cands.size),
+            "M": np.ascontiguousarray(self._M[b, g][:, :, cands]),
+            "dM": np.ascontiguousarray(self._dM[b, g][:, :, cands]),
+            "S": np.ascontiguousarray(self._S[b, o][:, :, cands]),
+            "Q": np.ascontiguousarray(self._Q[b, o][:, :, cands]),
+            "T": {k: np.ascontiguousarray(T[b, o][:, :, cands]) for k, T in self._T.items()},
+            "lp": self._log_prior_cand[cands],
+        }
 
     def model_at(self, index: int, energy, offset: float, broadening: float):
         """Candidate ``index`` mean and 1-sigma at measured ``energy`` for a given offset and
