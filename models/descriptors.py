@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.nn import Dropout, Linear, Module, Sequential, SiLU
 from torch_geometric.utils import to_dense_batch
 
-from models.gnn import mean_std, reset_mean_std
+from models.heads import mean_std, reset_mean_std
 from models.painn import cosine_cutoff
 
 FAMILY = "acsf"

@@ -29,6 +29,8 @@ from torch.nn import GRU, Linear, Module, ModuleList, Sequential, SiLU
 from torch_geometric.nn import NNConv, Set2Set, TransformerConv
 from torch_geometric.utils import scatter
 
+from models.heads import mean_std, reset_mean_std  # noqa: F401 -- also imported from here
+
 CONVS = ("nnconv", "transformer")
 READOUTS = ("set2set", "absorber")
 
@@ -181,20 +183,6 @@ class XASNet(Module):
             pooled = scatter(out, batch, dim=0, dim_size=num_graphs, reduce="mean")
             g = torch.cat([out[absorber_index], pooled], dim=-1)
         return mean_std(self.lin_mean, self.lin_std, self.head(g), self.min_std)
-
-
-def reset_mean_std(lin_mean: Linear, lin_std: Linear) -> None:
-    """Re-initialise the output layers, starting with a moderate, uniform uncertainty."""
-    lin_mean.reset_parameters()
-    lin_std.reset_parameters()
-    with torch.no_grad():
-        lin_std.weight.mul_(0.1)
-        lin_std.bias.fill_(0.0)
-
-
-def mean_std(lin_mean: Linear, lin_std: Linear, g: Tensor, min_std: float) -> tuple[Tensor, Tensor]:
-    """The mean-variance head shared by every family: a mean and a softplus std (floored)."""
-    return lin_mean(g), torch.nn.functional.softplus(lin_std(g)) + min_std
 
 
 def gaussian_nll(mean: Tensor, std: Tensor, target: Tensor, beta: float = 0.5) -> Tensor:

@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.nn import Linear, Module, ModuleList, Sequential, SiLU
 from torch_geometric.utils import scatter
 
-from models.gnn import mean_std, reset_mean_std
+from models.heads import mean_std, reset_mean_std
 
 FAMILY = "painn"
 

@@ -1161,16 +1161,14 @@ def data_offset_prior(energy, y, model_energies, model_mean, alignment_sd: float
 
 
 def rank_spectrum(spectrum: dict, library, config: RankingConfig | None = None,
-                  e0: float | None = None, dtype=np.float32, foil=None,
-                  offset_prior: tuple[float, float] | None = None):
+                  e0: float | None = None, dtype=np.float32, offset_prior: tuple | None = None):
     """Normalise a measured spectrum and rank ``library`` against it.
 
     The spectrum is normalised and flattened like the candidates; broadened when sharper than
-    them (:func:`sharper_measurement_broadening`); the common offset's prior comes from the
-    reference foil when the spectrum has one (``spectrum["reference"]``) and ``foil`` holds the
-    model's metal spectrum (:func:`xas_callbacks.foil.foil_library`), else from the edges
-    (:func:`data_offset_prior`). ``offset_prior`` ``(mean, sd)`` in eV, a calibration the user
-    knows, is used instead of both.
+    them (:func:`sharper_measurement_broadening`); the common offset's prior is ``offset_prior``
+    ``(mean, sd)`` in eV, or ``(mean, sd, source)``, when given -- a calibration the user knows,
+    or the reference foil's (:func:`xas_callbacks.foil.foil_offset_prior`) -- else the edges'
+    (:func:`data_offset_prior`).
 
     Returns
     -------
@@ -1191,12 +1189,8 @@ def rank_spectrum(spectrum: dict, library, config: RankingConfig | None = None,
     source = "config"
     prior = None
     if offset_prior is not None:
-        prior, source = (float(offset_prior[0]), float(offset_prior[1])), "user"
-    elif foil is not None and spectrum.get("reference") is not None:
-        from xas_callbacks.foil import foil_offset_prior
-
-        ref = spectrum["reference"]
-        prior, source = foil_offset_prior(ref["energy"], ref["mu"], ref["var"], foil, config), "foil"
+        prior, source = (float(offset_prior[0]), float(offset_prior[1])), str(
+            offset_prior[2] if len(offset_prior) > 2 else "user")
     if prior is None:
         prior, source = data_offset_prior(E, y, library.energies, library.mean), "edges"
     if prior is not None:
