@@ -314,6 +314,16 @@ def test_a_sample_that_is_none_of_the_candidates_is_said_to_be_so():
     assert without.p_none > 0.9 and without.probabilities[0] < 0.1
 
 
+def test_a_broadening_at_the_top_of_its_grid_is_reported():
+    names, mean = _library()
+    eng = RankingEngine(names, GRID, mean, config=_cfg())
+    eng.add_points(*_measure(mean[0], shift=0.0, fwhm=3.0, noise=0.002, step=0.4, seed=1))
+    assert not any("broadening" in w for w in eng.result(full=True).warnings)
+    eng = RankingEngine(names, GRID, mean, config=_cfg())
+    eng.add_points(*_measure(mean[0], shift=0.0, fwhm=12.0, noise=0.002, step=0.4, seed=1))
+    assert any("top of its grid (4.0 eV" in w for w in eng.result(full=True).warnings)
+
+
 def test_the_offset_prior_comes_from_the_edges_and_a_pinned_offset_is_reported():
     from xas_callbacks.ranking import data_offset_prior
 

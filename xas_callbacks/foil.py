@@ -66,6 +66,7 @@ def foil_offset_prior(energy, mu, var, library, config=None):
         return None
     engine, result, normalization = rank_spectrum({"energy": energy, "mu": mu, "var": var, "e0": None}, library,
                                                   config)
-    if normalization.method == "provisional" or engine.n_points < 6 or result.warnings or result.p_none > 0.5:
+    if normalization.method == "provisional" or engine.n_points < 6 or result.p_none > 0.5 or any(
+            "offset" in w for w in result.warnings):
         return None  # no edge yet, or not the metal (a compound or a distorted foil): no calibration
     return float(result.offset_mean), float(np.hypot(result.offset_sd, FOIL_TRANSFER_SD))

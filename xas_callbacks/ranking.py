@@ -932,6 +932,10 @@ class RankingEngine:
             warnings.append(f"the calibration offset's posterior reaches the {end} end of its grid "
                             f"[{self.offsets[0]:+.1f}, {self.offsets[-1]:+.1f}] eV: the data ask for a "
                             f"larger offset (widen RankingConfig.offset_min/offset_max)")
+        if self.n_points and self.broadenings.size > 1 and p_b[-1] > 0.5:
+            warnings.append(f"the extra broadening sits at the top of its grid ({self.broadenings[-1]:.1f} eV FWHM): "
+                            f"the measurement is broader than every candidate by more, or no candidate has its "
+                            f"shape (widen RankingConfig.broadenings)")
         return RankingResult(
             names=[self.names[i] for i in order],
             probabilities=post[order],
