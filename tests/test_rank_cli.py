@@ -39,6 +39,7 @@ def test_cli_ranks_measured_cuo_first_among_minerals(cu_k_dir, xdi_library, tmp_
     probs = [r["probability"] for r in res["ranking"]]
     # the candidates share what "none of these" leaves
     assert sum(probs) + res["p_none"] == pytest.approx(1.0) and probs == sorted(probs, reverse=True)
+    assert 0.0 <= res["pruned_mass_bound"] <= 1e-6  # a full evaluation: nothing pruned beyond the bound
     assert 0 < res["offset_eV"] < 12 and res["broadening_eV"] >= 0
     assert png.stat().st_size > 1000
     assert "mp-1692" in capsys.readouterr().out

@@ -283,6 +283,7 @@ class RankingResult:
             "n_points": int(self.n_points),
             "top_reduced_chi2": float(self.top_reduced_chi2),
             "p_none": float(self.p_none),
+            "pruned_mass_bound": float(self.pruned_mass_bound),
             "measurement_broadening_eV": float(self.measurement_broadening_eV),
             "offset_prior": {"mean_eV": float(self.offset_prior[0]), "sd_eV": float(self.offset_prior[1]),
                              "from": str(self.offset_prior[2])},
