@@ -110,7 +110,7 @@ def score(task: Task, result) -> dict:
         "top1": names[0], "top1_probability": float(p[0]), "top3": names[:3],
         "top1_correct": task.truth is not None and names[0] == task.truth,
         "top3_correct": task.truth is not None and task.truth in names[:3],
-        "p_none": float(result.p_none), "p_truth": p_truth, "log_loss": float(-np.log(max(p_truth, 1e-300))),
+        "p_none": float(result.p_none), "p_none_raw": float(result.p_none_raw), "p_truth": p_truth, "log_loss": float(-np.log(max(p_truth, 1e-300))),
         "brier": float(np.sum(p**2) + result.p_none**2 - 2.0 * p_truth + 1.0),
         "offset_eV": float(result.offset_mean), "broadening_eV": float(result.broadening_mean),
         "warnings": list(result.warnings), **task.info,
@@ -446,6 +446,113 @@ OBJECTIVE = ("mean Brier score of the answer (candidates and 'none of these'; bo
              "without making every ranking unsure.")
 
 
+# ------------------------------------------------------------------------ the calibrated read-out
+#: Share of the read-out's fit that each kind of validation case carries: simulated measurements
+#: (full spectra), the same with a few readings only (as an adaptive scan has them), and the
+#: measured references of other elements among FEFF spectra -- the only validation data with a
+#: real theory-experiment misfit, so they weigh as much as all simulations together.
+READOUT_WEIGHTS = {"simulated": 0.25, "simulated-partial": 0.25, "validation-reference": 0.5}
+#: Ridge penalty on the read-out's coefficients (not the intercept), in units of the weighted
+#: mean log loss: keeps them finite where the validation cases separate.
+READOUT_RIDGE = 1e-3
+#: Range of the read-out's chi^2 power (``RankingConfig.confidence_chi2_power``).
+READOUT_CHI2_POWER = (0.0, 4.0)
+#: Readings kept in a partial copy of a simulated measurement (uniform between these).
+PARTIAL_READINGS = (15, 60)
+
+
+#: The RankingConfig fields of the read-out.
+READOUT_SETTINGS = ("confidence", "confidence_temperature", "confidence_chi2_power")
+
+
+def partial_tasks(tasks: list[Task], seed: int) -> list[Task]:
+    """Copies of simulated ``tasks`` with a random subset of their readings (a partial scan)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for task in tasks:
+        n = task.spectrum["energy"].size
+        keep = np.sort(rng.choice(n, size=min(n, int(rng.integers(*PARTIAL_READINGS))), replace=False))
+        spectrum = {k: (v[keep] if isinstance(v, np.ndarray) and v.size == n else v) for k, v in task.spectrum.items()}
+        out.append(Task("simulated-partial", task.label, spectrum, task.library, task.truth, dict(task.info)))
+    return out
+
+
+def readout_cases(tasks: list[Task], config) -> list[dict]:
+    """What the read-out needs of each task ranked with ``config`` (its raw posterior): the
+    :data:`~xas_callbacks.ranking.CONFIDENCE_FEATURES`, the candidates' log evidence plus log
+    prior and the truth's position among them (None: removed)."""
+    from dataclasses import replace
+
+    from xas_callbacks.ranking import rank_spectrum
+
+    config = replace(config, confidence=None)
+    cases = []
+    for task in tasks:
+        eng, res, _ = rank_spectrum(task.spectrum, task.library, config)
+        lp = np.asarray(res.log_evidence, float) + eng.tables.log_prior_candidates[res.order]
+        cases.append({"kind": task.kind, "label": task.label, "log_odds_none": res.log_odds_none_raw,
+                      "chi2": res.top_reduced_chi2, "n_blocks": eng.n_blocks,
+                      "lp": lp, "truth": res.names.index(task.truth) if task.truth is not None else None})
+    return cases
+
+
+def _readout_config(theta):
+    """The read-out settings of parameters ``theta``: intercept and coefficients, log
+    temperature, chi^2 power."""
+    return {"confidence": tuple(float(v) for v in theta[:-2]), "confidence_temperature": float(np.exp(theta[-2])),
+            "confidence_chi2_power": float(theta[-1])}
+
+
+def _readout_loss(theta, cases, weights, ridge):
+    """Weighted log loss of the answer (the truth, or "none of these") under read-out ``theta``
+    (:func:`_readout_config`), plus the ridge penalty on the coefficients."""
+    from xas_callbacks.ranking import RankingConfig, confidence_features, readout_temperature
+
+    config = RankingConfig(**_readout_config(theta))
+    c = np.asarray(config.confidence)
+    loss = 0.0
+    for case, w in zip(cases, weights):
+        temperature = readout_temperature(config, case["chi2"])
+        x = confidence_features(case["log_odds_none"], case["lp"], case["chi2"], case["n_blocks"], temperature)
+        z = c[0] + float(np.dot(c[1:], x))
+        if case["truth"] is None:
+            loss += w * np.logaddexp(0.0, z)  # -log(1 - sigmoid z)
+        else:
+            s = case["lp"] / temperature
+            s = s - s.max()
+            loss += w * (np.logaddexp(0.0, -z) - (s[case["truth"]] - np.log(np.exp(s).sum())))
+    return loss + ridge * float(np.sum(c[1:] ** 2))
+
+
+def fit_readout(cases: list[dict]) -> dict:
+    """The read-out (``RankingConfig.confidence``, ``confidence_temperature``) that minimises the
+    weighted log loss of the answer on ``cases`` (:data:`READOUT_WEIGHTS` per kind, shared equally
+    within a kind), and the loss with and without it."""
+    from scipy.optimize import minimize
+
+    from xas_callbacks.ranking import CONFIDENCE_FEATURES
+
+    counts = {k: sum(c["kind"] == k for c in cases) for k in READOUT_WEIGHTS}
+    share = {k: READOUT_WEIGHTS[k] / counts[k] for k in counts if counts[k]}
+    total = sum(READOUT_WEIGHTS[k] for k in share)
+    weights = [share[c["kind"]] / total for c in cases]
+    bounds = [(None, None)] * (len(CONFIDENCE_FEATURES) + 1) + [(np.log(0.1), np.log(100.0)), READOUT_CHI2_POWER]
+    fit = None
+    for power in (0.0, 1.0, 2.0):  # the loss is not convex in the power: the best of three starts
+        theta0 = np.append(np.zeros(len(CONFIDENCE_FEATURES) + 2), power)
+        trial = minimize(_readout_loss, theta0, args=(cases, weights, READOUT_RIDGE), method="L-BFGS-B", bounds=bounds)
+        fit = trial if fit is None or trial.fun < fit.fun else fit
+    settings = _readout_config(fit.x)
+    at_bound = abs(fit.x[-1] - READOUT_CHI2_POWER[1]) < 1e-3
+    return {"confidence": [round(v, 6) for v in settings["confidence"]],
+            "confidence_temperature": round(settings["confidence_temperature"], 6),
+            "confidence_chi2_power": round(settings["confidence_chi2_power"], 6), "chi2_power_at_bound": bool(at_bound),
+            "features": list(CONFIDENCE_FEATURES), "weights": READOUT_WEIGHTS, "ridge": READOUT_RIDGE,
+            "counts": counts, "converged": bool(fit.success), "loss": float(fit.fun),
+            "loss_without_readout": float(_readout_loss(np.array([0.0] * len(CONFIDENCE_FEATURES) + [0.0, 0.0, 0.0]),
+                                                        cases, weights, 0.0))}
+
+
 def calibrate(model: str, n_tasks: int, n_candidates: int, seed: int, stream=sys.stdout) -> dict:
     t0 = time.perf_counter()
     tasks = simulated_tasks(model, "val", n_tasks, n_candidates, seed)
@@ -466,11 +573,39 @@ def calibrate(model: str, n_tasks: int, n_candidates: int, seed: int, stream=sys
     for row in table[:10]:
         print(f"{row['loss']:.3f} {row['settings']} sim {row['simulated']} sim-absent "
               f"{row['simulated_truth_absent']} ref {row['references']}", file=stream)
+    best = dict(table[0])
+    readout = calibrate_readout(best["settings"], tasks, ref_tasks, seed, stream)
+    best["settings"] = {**best["settings"], **{k: readout[k] for k in READOUT_SETTINGS}}
     return {"benchmark": "xas-bench calibrate", "model": model, "git": git_state(), "seed": seed,
             "n_simulated": len(tasks), "n_references": len(ref_tasks), "references_setup": ref_setup,
             "objective": OBJECTIVE,
             "grid": {k: list(v) for k, v in {**CALIBRATION_GRID, **CALIBRATION_READOUT}.items()},
-            "table": table, "best": table[0], "wall_s": round(time.perf_counter() - t0, 1)}
+            "table": table, "readout": readout, "best": best, "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def calibrate_readout(settings: dict, tasks: list[Task], ref_tasks: list[Task], seed: int, stream=sys.stdout) -> dict:
+    """Fit the calibrated read-out on top of ``settings`` on the validation tasks (simulated,
+    their partial copies, the references), and score the validation answers with and without it."""
+    from dataclasses import replace
+
+    from xas_callbacks.ranking import RankingConfig, rank_spectrum
+
+    t0 = time.perf_counter()
+    config = RankingConfig(**settings)
+    every = tasks + partial_tasks(tasks, seed + 1) + ref_tasks
+    readout = fit_readout(readout_cases(every, config))
+    calibrated = replace(config, **{k: readout[k] for k in READOUT_SETTINGS})
+    readout["validation"] = {}
+    for label, cfg in (("raw", config), ("calibrated", calibrated)):
+        rows = [score(task, rank_spectrum(task.spectrum, task.library, cfg)[1]) for task in every]
+        readout["validation"][label] = {kind: _brief(summarize([r for r in rows if r["kind"] == kind]))
+                                        for kind in READOUT_WEIGHTS}
+    print(f"read-out {readout['confidence']} T {readout['confidence_temperature']:.3f} "
+          f"chi2 power {readout['confidence_chi2_power']:.2f} "
+          f"({time.perf_counter() - t0:.0f} s); validation ECE raw -> calibrated: " + ", ".join(
+              f"{k} {readout['validation']['raw'][k]['ece']:.3f} -> {readout['validation']['calibrated'][k]['ece']:.3f}"
+              for k in READOUT_WEIGHTS), file=stream, flush=True)
+    return readout
 
 
 def write_settings(model: str, settings: dict, source: str) -> None:

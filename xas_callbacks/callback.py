@@ -483,9 +483,7 @@ class RankingRun(DocumentRouter):
             y, v = self.normalization.apply(E[-1:], np.asarray(self._mu[-1:]), np.asarray(self._var[-1:]))
             eng.add_point(E[-1], self._flatten(E[-1:], y)[0], v[0])
         self.run_counts["outside_model_range"] = eng.n_outside
-        res = eng.result()
-        if eng.n_points:
-            res.top_reduced_chi2 = eng.reduced_chi2(int(res.order[0]), res.offset_map, res.broadening_map)
+        res = eng.result()  # with the leader's reduced chi^2 and the calibrated p_none
         self.latest_ranking = res
         self.history.append({
             "n_points": res.n_points,

@@ -97,6 +97,16 @@ class RankingConfig:
         adds half the excess of the cell's misfit ``D^2`` over the number of readings (``D^2``
         is chi-square distributed with that many degrees of freedom when the cell is the truth)
         to its evidence, so that a misfit beyond the typical one counts for the alternative.
+    confidence, confidence_temperature, confidence_chi2_power
+        The calibrated read-out ("How the ranking treats real measurements" in the README), set
+        on validation data by ``xas-bench calibrate``. The log evidences are read at the
+        temperature ``T = confidence_temperature * max(1, chi2)**confidence_chi2_power``, where
+        ``chi2`` is the leading candidate's reduced chi^2: a misfit beyond the noise scales the
+        evidence down, as inflating the errors by it would. ``confidence`` is the intercept and
+        the coefficients of a logistic model that maps the statistics of the ranking named in
+        :data:`CONFIDENCE_FEATURES` to the probability that the sample is among the candidates
+        (``1 - p_none``); the candidates share it in proportion to ``exp(log evidence / T)``.
+        None (the default): the explicit alternative's posterior is reported as it is.
     flatten
         Flatten measured and computed spectra alike (:func:`models.normalization.flatten`): the
         same post-edge polynomial removed over the same window relative to each one's own edge
@@ -149,6 +159,9 @@ class RankingConfig:
     none_sd: float = 0.1
     none_prior: float = 0.1
     none_gamma: float = 0.0
+    confidence: tuple[float, ...] | None = None
+    confidence_temperature: float = 1.0
+    confidence_chi2_power: float = 0.0
     flatten: bool = True
     extrapolation_sd: float = 0.05
     grid_step: float = 0.5
@@ -157,15 +170,37 @@ class RankingConfig:
     prune_eps: float = 1e-10
     prune_mass: float = 1e-6
 
+    def __post_init__(self) -> None:
+        if self.confidence is not None:
+            c = self.confidence
+            if (not isinstance(c, (tuple, list)) or len(c) != len(CONFIDENCE_FEATURES) + 1
+                    or not all(isinstance(v, (int, float)) and np.isfinite(v) for v in c)):
+                raise ValueError(f"confidence must be {len(CONFIDENCE_FEATURES) + 1} finite numbers (intercept, then "
+                                 f"one per {', '.join(CONFIDENCE_FEATURES)}), got {c!r}")
+            object.__setattr__(self, "confidence", tuple(float(v) for v in c))
+        t = self.confidence_temperature
+        if not (isinstance(t, (int, float)) and np.isfinite(t) and t > 0):
+            raise ValueError(f"confidence_temperature must be a finite number > 0, got {t!r}")
+        k = self.confidence_chi2_power
+        if not (isinstance(k, (int, float)) and np.isfinite(k) and k >= 0):
+            raise ValueError(f"confidence_chi2_power must be a finite number >= 0, got {k!r}")
+
     @classmethod
     def for_model(cls, model: str | None, **overrides) -> "RankingConfig":
         """The settings chosen on validation data for candidates predicted by ``model``
         (:data:`SETTINGS_FILE`, written by ``xas-bench calibrate``), with ``overrides``; the
-        class defaults for a model the file does not name (e.g. computed FEFF spectra)."""
+        class defaults for a model the file does not name (e.g. computed FEFF spectra).
+        Settings the class rejects raise a ValueError naming the file and the model."""
         settings = _calibrated_settings().get(str(model), {})
         if settings:
             _warn_if_retrained(str(model))
-        return cls(**{**settings, **overrides})
+        try:
+            return cls(**{**settings, **overrides})
+        except (TypeError, ValueError) as err:
+            if not settings:
+                raise
+            raise ValueError(f"{SETTINGS_FILE}: the settings of model {model!r} are not usable ({err}); "
+                             f"rerun `xas-bench calibrate --model {model} --write`") from err
 
     @classmethod
     def for_library(cls, library, **overrides) -> "RankingConfig":
@@ -239,8 +274,15 @@ class RankingResult:
     #: chi^2 per reading of the leading candidate's best fit (noise, model std and floor as
     #: variance): about 1 when it explains the readings, much more when no candidate does.
     top_reduced_chi2: float = float("nan")
-    #: probability that the sample is none of the candidates (``probabilities`` sum to 1 - p_none)
+    #: probability that the sample is none of the candidates (``probabilities`` sum to 1 - p_none);
+    #: the calibrated read-out's where the settings have one (``RankingConfig.confidence``)
     p_none: float = 0.0
+    #: the explicit "none of these" alternative's own posterior, before the calibrated read-out
+    p_none_raw: float = float("nan")
+    #: its log odds, log(p_none_raw / (1 - p_none_raw)), computed without underflow
+    log_odds_none_raw: float = float("nan")
+    #: the statistics the calibrated read-out used (:data:`CONFIDENCE_FEATURES`); empty without it
+    confidence_features: dict = field(default_factory=dict)
     #: posterior of the discrepancy levels (``RankingConfig.levels``), "none of these" last
     level_posterior: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     #: what the caller should know: e.g. the offset posterior reaching the end of its grid
@@ -283,12 +325,87 @@ class RankingResult:
             "n_points": int(self.n_points),
             "top_reduced_chi2": float(self.top_reduced_chi2),
             "p_none": float(self.p_none),
+            "p_none_raw": float(self.p_none_raw),
+            "log_odds_none_raw": float(self.log_odds_none_raw),
+            "confidence_features": {k: float(v) for k, v in self.confidence_features.items()},
             "pruned_mass_bound": float(self.pruned_mass_bound),
             "measurement_broadening_eV": float(self.measurement_broadening_eV),
             "offset_prior": {"mean_eV": float(self.offset_prior[0]), "sd_eV": float(self.offset_prior[1]),
                              "from": str(self.offset_prior[2])},
             "warnings": list(self.warnings),
         }
+
+
+#: The statistics of a ranking that the calibrated read-out (``RankingConfig.confidence``) maps
+#: to the probability that the sample is among the candidates, in the order of its coefficients:
+#: the explicit alternative's log odds ``log p_none_raw / (1 - p_none_raw)`` over the read-out
+#: temperature ``T`` (:func:`readout_temperature`); the log of the leading candidate's reduced
+#: chi^2 (:meth:`RankingEngine.reduced_chi2`); the log-evidence margin of the leader over the
+#: second, over ``T``; ``log(1 + blocks)``, the independent discrepancy blocks measured. Each is
+#: clipped to +-:data:`CONFIDENCE_CLIP`.
+CONFIDENCE_FEATURES = ("log_odds_none", "log_reduced_chi2", "log_evidence_margin", "log_blocks")
+CONFIDENCE_CLIP = 30.0
+
+
+def readout_temperature(config: RankingConfig, top_reduced_chi2: float) -> float:
+    """``confidence_temperature * max(1, chi2)**confidence_chi2_power`` (chi2 NaN: taken as 1)."""
+    chi2 = float(top_reduced_chi2) if np.isfinite(top_reduced_chi2) else 1.0
+    return float(config.confidence_temperature * max(1.0, chi2) ** config.confidence_chi2_power)
+
+
+def confidence_features(log_odds_none: float, log_posterior_sorted, top_reduced_chi2: float, n_blocks: int,
+                        temperature: float = 1.0) -> np.ndarray:
+    """The :data:`CONFIDENCE_FEATURES` of a ranking from the explicit alternative's raw log odds,
+    the candidates' log evidence plus log prior in ranking order, the leader's reduced chi^2,
+    the number of discrepancy blocks measured and the read-out temperature."""
+    log_odds = float(log_odds_none) if not np.isnan(log_odds_none) else 0.0
+    chi2 = float(top_reduced_chi2)
+    log_chi2 = float(np.log(max(chi2, 1e-6))) if np.isfinite(chi2) else 0.0
+    lp = np.asarray(log_posterior_sorted, dtype=float)
+    margin = float(lp[0] - lp[1]) if lp.size > 1 and np.all(np.isfinite(lp[:2])) else np.inf
+    x = np.array([log_odds / temperature, log_chi2, margin / temperature, np.log1p(max(int(n_blocks), 0))])
+    return np.clip(x, -CONFIDENCE_CLIP, CONFIDENCE_CLIP)
+
+
+def p_in_candidates(config: RankingConfig, features) -> float:
+    """The calibrated probability that the sample is among the candidates (1 - ``p_none``)."""
+    c = np.asarray(config.confidence, dtype=float)
+    z = float(c[0] + np.dot(c[1:], features))
+    return float(0.5 * (1.0 + np.tanh(0.5 * z)))  # the logistic function, without overflow
+
+
+def calibrated_result(res: "RankingResult", config: RankingConfig, log_prior_sorted, n_blocks: int) -> "RankingResult":
+    """``res`` read out with the calibrated confidence (``config.confidence``; unchanged without
+    it, or without readings): ``p_none = 1 - p_in`` from :func:`p_in_candidates`, the candidates'
+    probabilities ``p_in`` times the softmax of their log evidence plus log prior over the
+    read-out temperature (:func:`readout_temperature`). The raw ``p_none`` stays in ``p_none_raw``.
+
+    Candidates the update did not evaluate (probability 0, log evidence an upper bound) stay at 0;
+    their tempered share, from those upper bounds, is added to ``pruned_mass_bound``.
+    ``log_prior_sorted``: the candidates' log prior in ``res``'s order.
+    """
+    import dataclasses
+
+    res.p_none_raw = float(res.p_none)
+    if config.confidence is None or res.n_points == 0 or not len(res.names):
+        return res
+    lp = np.asarray(res.log_evidence, dtype=float) + np.asarray(log_prior_sorted, dtype=float)
+    temperature = readout_temperature(config, res.top_reduced_chi2)
+    x = confidence_features(res.log_odds_none_raw, lp, res.top_reduced_chi2, n_blocks, temperature)
+    p_in = p_in_candidates(config, x)
+    s = lp / temperature
+    s = s - np.max(s[np.isfinite(s)]) if np.isfinite(s).any() else np.zeros_like(s)
+    q = np.exp(np.where(np.isfinite(s), s, -np.inf))
+    pruned = (np.asarray(res.probabilities) == 0) & (res.pruned_mass_bound > 0)
+    pruned_share = float(q[pruned].sum() / q.sum()) if pruned.any() else 0.0
+    q[pruned] = 0.0
+    q = q / q.sum()
+    probs = p_in * q
+    nz = probs[probs > 0]
+    return dataclasses.replace(
+        res, probabilities=probs, p_none=1.0 - p_in, entropy=float(-np.sum(nz * np.log(nz))),
+        confidence_features={**dict(zip(CONFIDENCE_FEATURES, map(float, x))), "temperature": temperature},
+        pruned_mass_bound=max(float(res.pruned_mass_bound), p_in * pruned_share))
 
 
 def linear_gaussian_log_evidence(
@@ -805,12 +922,16 @@ class RankingEngine:
         since = self.n_points - act["at"]
         return since >= min(self.config.full_every, max(act["at"], 1)) or act["edge_mass"] > 1e-7
 
-    def result(self, full: bool | None = None) -> RankingResult:
+    def result(self, full: bool | None = None, raw: bool = False) -> RankingResult:
         """The posterior over candidates (and "none of these"), offset and broadening given the
-        points so far.
+        points so far, with the leader's reduced chi^2 and read out with the calibrated confidence
+        where the settings have one (:func:`calibrated_result`).
 
         Parameters
         ----------
+        raw : bool
+            The explicit alternative's posterior, without the calibrated read-out nor the chi^2
+            (for engines that combine several results, :class:`~xas_callbacks.screening.ScreeningEngine`).
         full : bool, optional
             Evaluate every (offset, broadening) cell. By default the full grid is evaluated
             every ``config.full_every`` points (and whenever posterior mass reaches the edge of
@@ -827,10 +948,22 @@ class RankingEngine:
             if bound <= self.config.prune_mass:
                 res = self._posterior(*evaluated, False, sl_b, sl_o)
                 res.pruned_mass_bound = bound
-                return res
+                return res if raw else self._read_out(res)
         self._catch_up()
         sl_b, sl_o = slice(0, self.broadenings.size), slice(0, self.offsets.size)
-        return self._posterior(*self._evidence_and_cells(sl_b, sl_o, True), True, sl_b, sl_o)
+        res = self._posterior(*self._evidence_and_cells(sl_b, sl_o, True), True, sl_b, sl_o)
+        return res if raw else self._read_out(res)
+
+    def _read_out(self, res: RankingResult) -> RankingResult:
+        """``res`` with the leader's reduced chi^2 and the calibrated confidence."""
+        if self.n_points:
+            res.top_reduced_chi2 = self.reduced_chi2(int(res.order[0]), res.offset_map, res.broadening_map)
+        return calibrated_result(res, self.config, self._log_prior_cand[res.order], self.n_blocks)
+
+    @property
+    def n_blocks(self) -> int:
+        """Discrepancy blocks that hold at least one reading."""
+        return len(self._F)
 
     def full_log_masses(self) -> tuple[np.ndarray, np.ndarray, float]:
         """At the last full evaluation: each candidate's log evidence (as in
@@ -899,6 +1032,8 @@ class RankingEngine:
         offsets = self.offsets[sl_o]
         broadenings = self.broadenings[sl_b]
         post = np.exp(logZ_c + self._log_prior_cand - total)
+        live = np.isfinite(logZ_c)  # the evaluated candidates
+        log_odds_none = float(logZ_none - _logsumexp(logZ_c[live] + self._log_prior_cand[live])) if live.any() else 0.0
         if not full:  # pruned candidates: probability 0, log evidence its upper bound
             pruned = ~np.isfinite(logZ_c)
             logZ_c = logZ_c.copy()
@@ -952,6 +1087,7 @@ class RankingEngine:
             offset_posterior=p_off,
             broadening_posterior=p_b,
             p_none=p_none,
+            log_odds_none_raw=log_odds_none,
             level_posterior=levels / levels.sum(),
             warnings=warnings,
         )

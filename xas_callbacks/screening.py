@@ -24,7 +24,8 @@ import dataclasses
 
 import numpy as np
 
-from xas_callbacks.ranking import PRUNE_HEADROOM, MIN_ACTIVE_CANDIDATES, RankingConfig, RankingEngine, RankingResult, RankingTables
+from xas_callbacks.ranking import (PRUNE_HEADROOM, MIN_ACTIVE_CANDIDATES, RankingConfig, RankingEngine, RankingResult,
+                                   RankingTables, calibrated_result)
 
 __all__ = ["ScreeningEngine"]
 
@@ -128,14 +129,26 @@ class ScreeningEngine:
         return _lse(self.tables.log_prior_candidates[self._live_idx])
 
     # --------------------------------------------------------------- posterior
-    def result(self) -> RankingResult:
-        """The posterior over all candidates, within ``pruned_mass_bound`` of the exact one."""
+    def result(self, raw: bool = False) -> RankingResult:
+        """The posterior over all candidates, within ``pruned_mass_bound`` of the exact one, with
+        the leader's reduced chi^2 and the calibrated read-out (as :meth:`RankingEngine.result`;
+        ``raw``: without them)."""
+        res = None
         if self._live is not None and not self._stale:
-            res = self._live.result()
+            res = self._live.result(raw=True)
             bound = res.pruned_mass_bound + self._outer_bound(self._live.log_total + self._live_log_prior())
-            if bound <= self.config.prune_mass:
-                return self._assemble(res, bound)
-        return self._refresh()
+            res = self._assemble(res, bound) if bound <= self.config.prune_mass else None
+        res = self._refresh() if res is None else res
+        if raw or not self.n_points:
+            return res
+        top = int(res.order[0])
+        at = np.searchsorted(self._live_idx, top)
+        if self._live is not None and at < self._live_idx.size and self._live_idx[at] == top:
+            res.top_reduced_chi2 = self._live.reduced_chi2(int(at), res.offset_map, res.broadening_map)
+        else:  # the exact posterior came in chunks: the leader's fit on its own
+            res.top_reduced_chi2 = self._engine(np.array([top]), self._cfg_exact).reduced_chi2(
+                0, res.offset_map, res.broadening_map)
+        return calibrated_result(res, self.config, self.tables.log_prior_candidates[res.order], self._probe.n_blocks)
 
     def _engine(self, idx: np.ndarray, config: RankingConfig) -> RankingEngine:
         eng = RankingEngine(tables=self.tables.take(idx), config=config)
@@ -149,7 +162,7 @@ class ScreeningEngine:
         """Exact evaluation of the candidates ``idx``: their masses are recorded; returns the
         chunk's result and its log total in the units of the whole library."""
         eng = self._engine(idx, self._cfg_exact)
-        res = eng.result(full=True)
+        res = eng.result(full=True, raw=True)
         log_z, log_mass, bound = eng.full_log_masses()
         shift = _lse(self.tables.log_prior_candidates[idx])  # the chunk's prior -> the library's
         self._log_mass0[idx] = log_mass + shift
@@ -165,7 +178,7 @@ class ScreeningEngine:
         B = self._probe.log_bound
         every = self._stale  # the pruned masses are for another offset prior
         if self._live is not None and not self._stale:
-            self._live.result(full=True)
+            self._live.result(full=True, raw=True)
             log_z, log_mass, _ = self._live.full_log_masses()
             self._log_mass0[self._live_idx] = log_mass + self._live_log_prior()
             self._logZc0[self._live_idx] = log_z
@@ -210,7 +223,7 @@ class ScreeningEngine:
             self._live = self._engine(live, self._cfg_live)
         pruned = np.setdiff1d(np.arange(N), live)
         self._set_pruned(pruned)
-        res = self._live.result()
+        res = self._live.result(raw=True)
         bound = res.pruned_mass_bound + self._outer_bound(self._live.log_total + self._live_log_prior())
         return self._assemble(res, bound)
 
@@ -235,6 +248,9 @@ class ScreeningEngine:
         p_b = sum(w * r.broadening_posterior for (r, _, _), w in zip(chunks, weights))
         levels = sum(w * r.level_posterior for (r, _, _), w in zip(chunks, weights))
         p_none = float(sum(w * r.p_none for (r, _, _), w in zip(chunks, weights)))
+        # the chunks' "none" and candidate evidences, each in log, from their totals and log odds
+        log_none = _lse([t - np.logaddexp(0.0, -r.log_odds_none_raw) for r, t, _ in chunks])
+        log_cands = _lse([t - np.logaddexp(0.0, r.log_odds_none_raw) for r, t, _ in chunks])
         for (r, _, idx), w in zip(chunks, weights):
             probs[idx[r.order]] = w * r.probabilities
             log_ev[idx[r.order]] = r.log_evidence
@@ -249,5 +265,6 @@ class ScreeningEngine:
             broadening_mean=float(np.dot(p_b, self._probe.broadenings)),
             broadening_map=float(self._probe.broadenings[int(np.argmax(p_b))]),
             entropy=float(-np.sum(nz * np.log(nz))), offset_posterior=p_off, broadening_posterior=p_b,
-            p_none=p_none, level_posterior=levels, pruned_mass_bound=0.0,
+            p_none=p_none, log_odds_none_raw=float(log_none - log_cands), level_posterior=levels,
+            pruned_mass_bound=0.0,
             warnings=sorted({w for r, _, _ in chunks for w in r.warnings}))
