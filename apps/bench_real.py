@@ -430,7 +430,7 @@ def _scored_grid(tasks: list[Task], stream) -> dict:
             rows = []
             for task, engine in zip(tasks, engines):
                 engine.config = config
-                rows.append(score(task, engine.result(full=True)))
+                rows.append(score(task, engine.result(full=True, raw=True)))  # the grid sets the raw posterior
             out[tuple(sorted({**stats, **extra}.items()))] = rows
         print(f"  {stats}: {len(readouts)} read-outs of {len(tasks)} tasks in {time.perf_counter() - t0:.0f} s",
               file=stream, flush=True)
@@ -447,6 +447,10 @@ OBJECTIVE = ("mean Brier score of the answer (candidates and 'none of these'; bo
 
 
 # ------------------------------------------------------------------------ the calibrated read-out
+READOUT_OBJECTIVE = ("the read-out (RankingConfig.confidence, confidence_temperature, confidence_chi2_power) "
+                     "minimises the weighted log loss of the answer (the true candidate, or 'none of these' when "
+                     "it was removed) on the validation simulations (full and partial, a third without their truth) "
+                     "and the validation references (with and without their mineral); weights READOUT_WEIGHTS.")
 #: Share of the read-out's fit that each kind of validation case carries: simulated measurements
 #: (full spectra), the same with a few readings only (as an adaptive scan has them), and the
 #: measured references of other elements among FEFF spectra -- the only validation data with a
@@ -477,10 +481,11 @@ def partial_tasks(tasks: list[Task], seed: int) -> list[Task]:
     return out
 
 
-def readout_cases(tasks: list[Task], config) -> list[dict]:
+def readout_cases(tasks: list[Task], config, engines: list | None = None) -> list[dict]:
     """What the read-out needs of each task ranked with ``config`` (its raw posterior): the
-    :data:`~xas_callbacks.ranking.CONFIDENCE_FEATURES`, the candidates' log evidence plus log
-    prior and the truth's position among them (None: removed)."""
+    statistics behind :data:`~xas_callbacks.ranking.CONFIDENCE_FEATURES`, the candidates' log
+    evidence plus log prior and the truth's position among them (None: removed). ``engines``:
+    a list that receives each task's ranking engine and raw result."""
     from dataclasses import replace
 
     from xas_callbacks.ranking import rank_spectrum
@@ -489,6 +494,8 @@ def readout_cases(tasks: list[Task], config) -> list[dict]:
     cases = []
     for task in tasks:
         eng, res, _ = rank_spectrum(task.spectrum, task.library, config)
+        if engines is not None:
+            engines.append((eng, res))
         lp = np.asarray(res.log_evidence, float) + eng.tables.log_prior_candidates[res.order]
         cases.append({"kind": task.kind, "label": task.label, "log_odds_none": res.log_odds_none_raw,
                       "chi2": res.top_reduced_chi2, "n_blocks": eng.n_blocks,
@@ -553,12 +560,30 @@ def fit_readout(cases: list[dict]) -> dict:
                                                         cases, weights, 0.0))}
 
 
-def calibrate(model: str, n_tasks: int, n_candidates: int, seed: int, stream=sys.stdout) -> dict:
+def calibrate(model: str, n_tasks: int, n_candidates: int, seed: int, stream=sys.stdout,
+              readout_only: bool = False) -> dict:
+    """Choose the ranking settings of ``model`` on validation data: the grid, then the read-out on
+    the best of it; ``readout_only``: the read-out on the model's stored settings."""
     t0 = time.perf_counter()
     tasks = simulated_tasks(model, "val", n_tasks, n_candidates, seed)
     ref_tasks, ref_setup = validation_reference_tasks()
     print(f"{len(tasks)} simulated validation tasks, {len(ref_tasks)} validation-reference tasks "
           f"({time.perf_counter() - t0:.0f} s)", file=stream, flush=True)
+    if readout_only:
+        from xas_callbacks.ranking import _calibrated_settings
+
+        stored = _calibrated_settings().get(model, {})
+        if not stored:
+            raise SystemExit(f"xas-bench calibrate: {model} has no stored settings to fit a read-out on; "
+                             f"run it without --readout-only")
+        settings = {k: v for k, v in stored.items() if k not in READOUT_SETTINGS}
+        readout = calibrate_readout(settings, tasks, ref_tasks, seed, stream)
+        best = {"settings": {**settings, **{k: readout[k] for k in READOUT_SETTINGS}},
+                "grid": "not searched (--readout-only): the stored settings"}
+        return {"benchmark": "xas-bench calibrate --readout-only", "model": model, "git": git_state(), "seed": seed,
+                "n_simulated": len(tasks), "n_references": len(ref_tasks), "references_setup": ref_setup,
+                "objective": READOUT_OBJECTIVE, "readout": readout, "best": best,
+                "wall_s": round(time.perf_counter() - t0, 1)}
     sim = _scored_grid(tasks, stream)
     ref = _scored_grid(ref_tasks, stream) if ref_tasks else {}
     table = []
@@ -578,7 +603,7 @@ def calibrate(model: str, n_tasks: int, n_candidates: int, seed: int, stream=sys
     best["settings"] = {**best["settings"], **{k: readout[k] for k in READOUT_SETTINGS}}
     return {"benchmark": "xas-bench calibrate", "model": model, "git": git_state(), "seed": seed,
             "n_simulated": len(tasks), "n_references": len(ref_tasks), "references_setup": ref_setup,
-            "objective": OBJECTIVE,
+            "objective": OBJECTIVE + " Then: " + READOUT_OBJECTIVE,
             "grid": {k: list(v) for k, v in {**CALIBRATION_GRID, **CALIBRATION_READOUT}.items()},
             "table": table, "readout": readout, "best": best, "wall_s": round(time.perf_counter() - t0, 1)}
 
@@ -588,16 +613,22 @@ def calibrate_readout(settings: dict, tasks: list[Task], ref_tasks: list[Task], 
     their partial copies, the references), and score the validation answers with and without it."""
     from dataclasses import replace
 
-    from xas_callbacks.ranking import RankingConfig, rank_spectrum
+    from xas_callbacks.ranking import RankingConfig
 
     t0 = time.perf_counter()
-    config = RankingConfig(**settings)
+    config = replace(RankingConfig(**settings), confidence=None)
     every = tasks + partial_tasks(tasks, seed + 1) + ref_tasks
-    readout = fit_readout(readout_cases(every, config))
+    engines: list = []
+    readout = fit_readout(readout_cases(every, config, engines))
     calibrated = replace(config, **{k: readout[k] for k in READOUT_SETTINGS})
+    readout["settings"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()
+                           if k not in READOUT_SETTINGS}
     readout["validation"] = {}
     for label, cfg in (("raw", config), ("calibrated", calibrated)):
-        rows = [score(task, rank_spectrum(task.spectrum, task.library, cfg)[1]) for task in every]
+        rows = []
+        for task, (eng, res) in zip(every, engines):
+            eng.config = cfg
+            rows.append(score(task, eng.result(full=True)))
         readout["validation"][label] = {kind: _brief(summarize([r for r in rows if r["kind"] == kind]))
                                         for kind in READOUT_WEIGHTS}
     print(f"read-out {readout['confidence']} T {readout['confidence_temperature']:.3f} "
@@ -696,12 +727,15 @@ def add_parsers(sub) -> None:
         if name == "calibrate":
             p.add_argument("--write", action="store_true",
                            help="store the best settings as the model's (xas_callbacks/ranking_settings.json)")
+            p.add_argument("--readout-only", action="store_true",
+                           help="keep the model's stored settings and fit only the calibrated read-out on them")
 
 
 def run(args, stream=sys.stdout) -> int:
     """Run ``xas-bench real`` or ``xas-bench calibrate`` with parsed ``args``."""
     if args.command == "calibrate":
-        result = calibrate(args.model, args.tasks, args.candidates, args.seed, stream)
+        result = calibrate(args.model, args.tasks, args.candidates, args.seed, stream,
+                           readout_only=getattr(args, "readout_only", False))
         path = args.out / f"calibration_{args.model}.json"
         if args.write:
             write_settings(args.model, result["best"]["settings"], source=str(path))

@@ -121,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i, item in enumerate(out["ranking"][: args.top]):
         print(f"{i + 1:3d}  {item['name']:<28s} p={item['probability']:.4f}  "
               f"logZ={item['log_evidence']:.2f}")
-    print(f"     {'none of these':<28s} p={res.p_none:.4f}")
+    print(f"     {'none of these':<28s} p={res.p_none:.4f}" + (
+        f"  (calibrated; the explicit alternative alone: {res.p_none_raw:.4f})" if res.confidence_features else ""))
     print(f"offset {res.offset_mean:+.2f} ± {res.offset_sd:.2f} eV, broadening "
           f"{res.broadening_mean:.2f} eV, entropy {res.entropy:.3f}, {res.n_points} points"
           + (f", {len(library.failures)} candidates failed" if library.failures else ""))

@@ -1087,6 +1087,7 @@ class RankingEngine:
             offset_posterior=p_off,
             broadening_posterior=p_b,
             p_none=p_none,
+            p_none_raw=p_none,
             log_odds_none_raw=log_odds_none,
             level_posterior=levels / levels.sum(),
             warnings=warnings,
