@@ -738,7 +738,9 @@ def run(args, stream=sys.stdout) -> int:
                            readout_only=getattr(args, "readout_only", False))
         path = args.out / f"calibration_{args.model}.json"
         if args.write:
-            write_settings(args.model, result["best"]["settings"], source=str(path))
+            root = RESULTS.parent.parent
+            source = path.resolve().relative_to(root) if path.resolve().is_relative_to(root) else path
+            write_settings(args.model, result["best"]["settings"], source=str(source))
     else:
         result = real(args.model, args.tasks, args.candidates, args.seed, stream)
         path = args.out / f"real_{args.model}.json"

@@ -23,6 +23,7 @@ recorded beside the bound. Writes ``benchmarks/results/ranking_scale.json`` and 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -135,7 +136,7 @@ def bench_size(n: int, args) -> dict:
     names = [f"cand-{i:06d}" for i in range(n)]
     truth = int(rng.integers(n))
     E, y, v = measurement(mean[truth], args.coarse, args.points, SEED)
-    cfg = RankingConfig()
+    cfg = RankingConfig.for_model(args.model)  # the class defaults without --model
     t0 = time.perf_counter()
     tables = ranking_tables(names, ENERGIES, mean, np.full_like(mean, 0.02), cfg, dtype=np.float32)
     y = flatten_like_candidates(E, y, tables)  # as rank_spectrum does: the candidates are flattened
@@ -148,7 +149,7 @@ def bench_size(n: int, args) -> dict:
     if n <= args.max_pruned:
         engines["pruned"] = RankingEngine(config=cfg, tables=tables)
     if n <= args.max_exact:
-        engines["exact"] = RankingEngine(config=RankingConfig(full_every=1), tables=tables)
+        engines["exact"] = RankingEngine(config=dataclasses.replace(cfg, full_every=1), tables=tables)
     out["engines"] = run_engines(engines, E, y, v, args.coarse, n)
     del engines
     out["peak_rss_mb_so_far"] = _rss_mb()
@@ -202,8 +203,13 @@ def main(argv=None) -> int:
     p.add_argument("--points", type=int, default=100, help="readings added one at a time after it")
     p.add_argument("--max-exact", type=int, default=1000, help="largest library ranked without pruning too")
     p.add_argument("--max-pruned", type=int, default=10000, help="largest library ranked by RankingEngine")
-    p.add_argument("--out", default=str(RESULTS / "ranking_scale.json"))
+    p.add_argument("--model", default=None,
+                   help="rank with this model's stored settings (its calibrated read-out too; "
+                        "RankingConfig.for_model); default: the class defaults")
+    p.add_argument("--out", default=None, help="default: ranking_scale.json, ranking_scale_<model>.json with --model")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = str(RESULTS / (f"ranking_scale_{args.model}.json" if args.model else "ranking_scale.json"))
     RESULTS.mkdir(parents=True, exist_ok=True)
     report = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
@@ -211,7 +217,7 @@ def main(argv=None) -> int:
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
         "load_average_at_start": os.getloadavg(),
         "reference_loop_cpu_ms_at_start": _reference_loop_ms(),
-        "config": {k: v for k, v in RankingConfig().__dict__.items()},
+        "config": {k: v for k, v in RankingConfig.for_model(args.model).__dict__.items()},
         "measurement": {"coarse_pass_readings": args.coarse, "single_readings": args.points, "noise": NOISE,
                         "offset_eV": SHIFT, "candidates": "tests/synthetic.py random_spectra, std 0.02"},
         "sizes": [],
