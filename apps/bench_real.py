@@ -25,6 +25,10 @@ loss, so that one reference that theory gets badly wrong does not decide alone) 
 * measured references of other elements (Fe, Mn, Ni, Co, Cr, V, Zn; never Cu) among the FEFF10
   spectra of their minerals (``data/feff_references``), the theory-experiment gap,
 
+then fits the calibrated read-out (``RankingConfig.confidence``: "none of these" and the
+candidates' temperature from statistics of the ranking) on the winner, by the weighted log loss
+of the answer on the same validation data plus partial copies of the simulations
+(:func:`fit_readout`; ``--readout-only``: on the model's stored settings, without the grid),
 and writes ``benchmarks/results/calibration_<model>.json``; ``--write`` stores the winner as the
 model's settings (``xas_callbacks/ranking_settings.json``, read by
 :meth:`~xas_callbacks.ranking.RankingConfig.for_model`), so nothing is tuned on the seven Cu files.
@@ -659,11 +663,15 @@ def _brief(summary: dict) -> dict:
                                         "median_top_probability_truth_absent")}
 
 
-def real(model: str, n_tasks: int, n_candidates: int, seed: int, stream=sys.stdout) -> dict:
+def real(model: str, n_tasks: int, n_candidates: int, seed: int, stream=sys.stdout, readout: bool = True) -> dict:
+    from dataclasses import replace
+
     from xas_callbacks.ranking import RankingConfig
 
     t0 = time.perf_counter()
     config = RankingConfig.for_model(model)
+    if not readout:  # the explicit alternative's posterior as it is: the read-out's "before"
+        config = replace(config, confidence=None)
     out = {"benchmark": "xas-bench real", "model": model, "git": git_state(), "seed": seed,
            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()}, "sets": {}}
     sets = {}
@@ -677,10 +685,12 @@ def real(model: str, n_tasks: int, n_candidates: int, seed: int, stream=sys.stdo
     for name, present in (("simulated_test", True), ("simulated_test_truth_absent", False)):
         subset = [r for r in rows if r["truth_present"] is present]
         sets[name] = {"rows": subset, "summary": summarize(subset)}
+    sets["simulated_test_all"] = {"rows": "simulated_test + simulated_test_truth_absent", "summary": summarize(rows)}
     out["sets"] = sets
     for name, s in sets.items():
         m = s["summary"]
         print(f"{name}: top1 {m['top1']} top3 {m['top3']} ECE {m['ece']:.3f} log-loss {m['mean_log_loss']:.3f}; "
+              f"answer right {m['accuracy_of_top_answer']:.2f}; "
               f"wrong top-1 p {np.round(m['wrong_top1_probabilities'], 3).tolist()}; truth absent: top p "
               f"{np.round(m['top_probability_truth_absent'], 3).tolist()}", file=stream, flush=True)
     out["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -729,6 +739,9 @@ def add_parsers(sub) -> None:
                            help="store the best settings as the model's (xas_callbacks/ranking_settings.json)")
             p.add_argument("--readout-only", action="store_true",
                            help="keep the model's stored settings and fit only the calibrated read-out on them")
+        else:
+            p.add_argument("--no-readout", action="store_true",
+                           help="rank without the calibrated read-out (RankingConfig.confidence), to compare")
 
 
 def run(args, stream=sys.stdout) -> int:
@@ -742,8 +755,9 @@ def run(args, stream=sys.stdout) -> int:
             source = path.resolve().relative_to(root) if path.resolve().is_relative_to(root) else path
             write_settings(args.model, result["best"]["settings"], source=str(source))
     else:
-        result = real(args.model, args.tasks, args.candidates, args.seed, stream)
-        path = args.out / f"real_{args.model}.json"
+        readout = not getattr(args, "no_readout", False)
+        result = real(args.model, args.tasks, args.candidates, args.seed, stream, readout=readout)
+        path = args.out / f"real_{args.model}{'' if readout else '_no-readout'}.json"
         plot_reliability(result, path.with_suffix(".png"))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1, default=str))
