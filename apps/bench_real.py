@@ -114,7 +114,7 @@ def score(task: Task, result) -> dict:
         "top1": names[0], "top1_probability": float(p[0]), "top3": names[:3],
         "top1_correct": task.truth is not None and names[0] == task.truth,
         "top3_correct": task.truth is not None and task.truth in names[:3],
-        "p_none": float(result.p_none), "p_none_raw": float(result.p_none_raw), "p_truth": p_truth, "log_loss": float(-np.log(max(p_truth, 1e-300))),
+        "p_none": float(result.p_none), "p_none_raw": float(getattr(result, "p_none_raw", result.p_none)), "p_truth": p_truth, "log_loss": float(-np.log(max(p_truth, 1e-300))),
         "brier": float(np.sum(p**2) + result.p_none**2 - 2.0 * p_truth + 1.0),
         "offset_eV": float(result.offset_mean), "broadening_eV": float(result.broadening_mean),
         "warnings": list(result.warnings), **task.info,

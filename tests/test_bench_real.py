@@ -33,3 +33,26 @@ def test_score_counts_none_of_these_as_an_answer():
     summary = summarize([score(absent, _result(["a", "b"], [0.7, 0.2], 0.1)), row])
     assert summary["top1"] == 0.0 and summary["top_probability_truth_absent"] == [0.7]
     assert summary["wrong_top1_probabilities"] == [0.6]
+
+
+def test_readout_fit_prefers_none_where_the_truth_is_missing():
+    """fit_readout on cases whose statistics separate present from absent: the fitted read-out
+    gives "none of these" to the absent ones, and beats the loss without a read-out."""
+    from apps.bench_real import READOUT_SETTINGS, fit_readout
+    from xas_callbacks.ranking import RankingConfig, confidence_features, p_in_candidates, readout_temperature
+
+    rng = np.random.default_rng(0)
+    cases = []
+    for k in range(40):
+        present = k % 3 != 0
+        lp = np.sort(rng.normal(0, 3, 10))[::-1]
+        cases.append({"kind": "simulated", "label": str(k), "log_odds_none": -8.0 if present else 2.0,
+                      "chi2": 1.0 if present else 6.0, "n_blocks": 30, "lp": lp, "truth": 0 if present else None})
+    fitted = fit_readout(cases)
+    assert fitted["loss"] < fitted["loss_without_readout"]
+    config = RankingConfig(**{k: fitted[k] for k in READOUT_SETTINGS})
+    for case in cases[:6]:
+        t = readout_temperature(config, case["chi2"])
+        p_in = p_in_candidates(config, confidence_features(case["log_odds_none"], case["lp"], case["chi2"],
+                                                           case["n_blocks"], t))
+        assert (p_in > 0.8) if case["truth"] is not None else (p_in < 0.2)

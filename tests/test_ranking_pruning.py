@@ -151,3 +151,35 @@ def test_screening_a_large_library_stays_within_the_bound_of_the_exact_posterior
     assert pruned_updates > 20
     assert screen.n_exact_evaluations < 70 * n / 2  # not every candidate at every reading
     assert rs.names[0] == re_.names[0] == "c17"
+
+
+#: a read-out of the fitted kind (RankingConfig.confidence), for the test below
+READOUT = dict(confidence=(4.25, -0.37, 0.15, 0.42, -1.88), confidence_temperature=1.5, confidence_chi2_power=0.8)
+
+
+def test_pruned_posterior_with_the_calibrated_readout_stays_near_the_exact_one():
+    """With the calibrated read-out the candidates' share keeps its bound (the tempered share of
+    the pruned candidates is added to it); "none of these" may move by what pruning changes in
+    the explicit alternative's log odds, clipped at 10 nats: a few 1e-3 at most."""
+    n = 2000
+    mean = random_spectra(n, seed=100)
+    std = np.full_like(mean, 0.02)
+    names = [f"c{i}" for i in range(n)]
+    pruned = RankingEngine(names, ENERGIES, mean, std, config=RankingConfig(**SMALL_GRID, **READOUT))
+    exact = RankingEngine(names, ENERGIES, mean, std, config=RankingConfig(**SMALL_GRID, **READOUT, full_every=1))
+    truth = int(np.random.default_rng(0).integers(n))
+    E, y, v = _readings(mean[truth], seed=0)
+    worst, bounds = 0.0, []
+    for e, yy, vv in zip(E, y, v):
+        pruned.add_point(e, yy, vv)
+        exact.add_point(e, yy, vv)
+        rp, re_ = pruned.result(), exact.result()
+        p_pruned = np.empty(n)
+        p_pruned[rp.order] = rp.probabilities
+        p_exact = np.empty(n)
+        p_exact[re_.order] = re_.probabilities
+        worst = max(worst, np.max(np.abs(p_pruned - p_exact)) - rp.pruned_mass_bound, abs(rp.p_none - re_.p_none))
+        bounds.append(rp.pruned_mass_bound)
+    assert sum(b > 0 for b in bounds) > len(bounds) / 2  # it did prune
+    assert worst < 5e-3
+    assert pruned.result().names[0] == names[truth] and pruned.result().p_none < 0.5

@@ -345,6 +345,11 @@ class RankingResult:
 #: clipped to +-:data:`CONFIDENCE_CLIP`.
 CONFIDENCE_FEATURES = ("log_odds_none", "log_reduced_chi2", "log_evidence_margin", "log_blocks")
 CONFIDENCE_CLIP = 30.0
+#: The log odds and the margin are clipped to +-this (nats) before they are divided by ``T``: a
+#: pruned update (``prune_mass`` 1e-6 of the mass, candidates below ``prune_eps`` of the leader,
+#: both far beyond e^-10) then gives the same statistics as the exact one, so the read-out keeps
+#: the pruned posterior within its bound; beyond 10 nats neither says more.
+CONFIDENCE_LOG_CLIP = 10.0
 
 
 def readout_temperature(config: RankingConfig, top_reduced_chi2: float) -> float:
@@ -358,11 +363,12 @@ def confidence_features(log_odds_none: float, log_posterior_sorted, top_reduced_
     """The :data:`CONFIDENCE_FEATURES` of a ranking from the explicit alternative's raw log odds,
     the candidates' log evidence plus log prior in ranking order, the leader's reduced chi^2,
     the number of discrepancy blocks measured and the read-out temperature."""
-    log_odds = float(log_odds_none) if not np.isnan(log_odds_none) else 0.0
+    log_odds = float(np.clip(log_odds_none, -CONFIDENCE_LOG_CLIP, CONFIDENCE_LOG_CLIP)) if not np.isnan(log_odds_none) else 0.0
     chi2 = float(top_reduced_chi2)
     log_chi2 = float(np.log(max(chi2, 1e-6))) if np.isfinite(chi2) else 0.0
     lp = np.asarray(log_posterior_sorted, dtype=float)
     margin = float(lp[0] - lp[1]) if lp.size > 1 and np.all(np.isfinite(lp[:2])) else np.inf
+    margin = min(margin, CONFIDENCE_LOG_CLIP)
     x = np.array([log_odds / temperature, log_chi2, margin / temperature, np.log1p(max(int(n_blocks), 0))])
     return np.clip(x, -CONFIDENCE_CLIP, CONFIDENCE_CLIP)
 
@@ -1165,7 +1171,9 @@ class RankingEngine:
         E, y, var = self.points
         if E.size == 0:
             return self.config.amplitude_prior[0], self.config.background_prior[0]
-        m, s = self.model_at(index, E, offset, broadening)
+        return self._fit_ab(y, var, *self.model_at(index, E, offset, broadening))
+
+    def _fit_ab(self, y, var, m, s):
         w = 1.0 / (var + s**2 + self.config.model_floor**2)
         (ma, sa), (mb, sb) = self.config.amplitude_prior, self.config.background_prior
         A = np.array([[np.sum(w * m * m) + sa**-2, np.sum(w * m)], [np.sum(w * m), np.sum(w) + sb**-2]])
@@ -1184,7 +1192,7 @@ class RankingEngine:
         if E.size == 0:
             return float("nan")
         m, s = self.model_at(index, E, offset, broadening)
-        a, b = self.best_fit(index, offset, broadening)
+        a, b = self._fit_ab(y, var, m, s)
         r2 = (y - a * m - b) ** 2 / (var + s**2 + self.config.model_floor**2)
         return float(np.sum(r2) / E.size)
 
