@@ -35,7 +35,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -390,8 +390,6 @@ def calibrated_result(res: "RankingResult", config: RankingConfig, log_prior_sor
     their tempered share, from those upper bounds, is added to ``pruned_mass_bound``.
     ``log_prior_sorted``: the candidates' log prior in ``res``'s order.
     """
-    import dataclasses
-
     res.p_none_raw = float(res.p_none)
     if config.confidence is None or res.n_points == 0 or not len(res.names):
         return res
@@ -408,7 +406,7 @@ def calibrated_result(res: "RankingResult", config: RankingConfig, log_prior_sor
     q = q / q.sum()
     probs = p_in * q
     nz = probs[probs > 0]
-    return dataclasses.replace(
+    return replace(
         res, probabilities=probs, p_none=1.0 - p_in, entropy=float(-np.sum(nz * np.log(nz))),
         confidence_features={**dict(zip(CONFIDENCE_FEATURES, map(float, x))), "temperature": temperature},
         pruned_mass_bound=max(float(res.pruned_mass_bound), p_in * pruned_share))
