@@ -20,6 +20,12 @@ measured points ``(E_i, y_i)`` with counting variance ``sigma_i^2`` are modelled
 * ``a, b`` -- amplitude (edge-step scale) and background, Gaussian priors; they and every block's
   discrepancy are marginalised analytically (closed-form linear-Gaussian evidence).
 
+The reported ``p_none`` and candidate probabilities are a calibrated read-out of this posterior
+where the model's settings have one (``RankingConfig.confidence``, :func:`calibrated_result`):
+a logistic model of the ranking's statistics, fitted on validation data, and the candidates'
+evidence tempered by the leader's misfit. The explicit alternative's own posterior stays in
+``RankingResult.p_none_raw``.
+
 Everything is vectorised over (level, broadening, offset, candidate) cells. The spectra are
 resampled once onto a uniform fine grid of step ``h``; offsets are integer multiples of ``h`` so
 that, for one measured point, the shifted spectra of all offsets are a strided view of that grid.
