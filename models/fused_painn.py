@@ -8,7 +8,8 @@ function with the members' weights stacked along a leading axis:
 - every node-wise linear layer is one batched matrix product for all members (``torch.baddbmm``);
 - the edge filters of all members of a round are one matrix product, with the cosine cutoff
   folded into it (``filter(e) * fcut = [e * fcut, fcut] @ [W; b]``), so no separate bias and
-  product pass over the edges;
+  product pass over the edges, and computed once per pair of reversed edges (the pair shares
+  its length, bond class and so its filter);
 - node tensors are kept node-major (``(N, M, F)``) where they are gathered along edges and
   scattered back (``index_select`` / ``index_add_`` over contiguous rows of all members at
   once), member-major (``(M, N, F)``) for the matrix products;
@@ -116,18 +117,23 @@ class FusedPaiNN(torch.nn.Module):
         """Standardised mean and std of every member, ``(members, G, out_dim)`` each.
 
         Arguments as :meth:`models.painn.PaiNNNet.forward`: ``x`` (N, node_dim), ``pos`` (N, 3),
-        ``edge_index`` (2, E) ``src, dst``, ``edge_attr`` (E, edge_dim), ``batch`` (N,) graph of
-        each node, ``absorber`` (G,) node index of each graph's absorber.
+        ``edge_index`` (2, E) ``src, dst`` with edge ``E/2 + e`` the reverse of edge ``e``,
+        ``edge_attr`` (E/2, edge_dim) the features of each pair, ``batch`` (N,) graph of each
+        node, ``absorber`` (G,) node index of each graph's absorber (see
+        :class:`models.graph_batch.SparseBatch`).
         """
         m_, hid = self.members, self.hidden
         n_ = x.shape[0]
         g_ = absorber.numel()
         src, dst = edge_index[0], edge_index[1]
-        vec = pos[dst] - pos[src]
+        h_ = src.numel() // 2  # edge h_ + e reverses edge e; both have edge_attr[e]
+        vec = pos[dst[:h_]] - pos[src[:h_]]
         r = torch.sqrt((vec * vec).sum(-1) + 1e-12)
-        unit = (vec / r.unsqueeze(-1)).view(-1, 3, 1, 1)  # (E, 3, 1, 1)
+        unit = vec / r.unsqueeze(-1)
+        unit = torch.cat([unit, -unit]).view(-1, 3, 1, 1)  # (E, 3, 1, 1)
         fcut = 0.5 * (torch.cos(r * math.pi / self.cutoff) + 1.0) * (r < self.cutoff).to(r.dtype)
-        edge_in = torch.cat([edge_attr * fcut.unsqueeze(-1), fcut.unsqueeze(-1)], dim=1)  # (E, D+1)
+        edge_in = torch.cat([edge_attr * fcut.unsqueeze(-1), fcut.unsqueeze(-1)], dim=1)  # (E/2, D+1)
+        src_a, src_b = src[:h_], src[h_:]
         s = silu(torch.addmm(self.b_in, x, self.w_in)).view(n_, m_, hid).transpose(0, 1).contiguous()  # (M, N, H)
         v = None  # (N, 3, M, H) node-major; zero before the first round
         for layer in range(self.layers):
@@ -136,15 +142,15 @@ class FusedPaiNN(torch.nn.Module):
             p = silu(torch.baddbmm(getattr(self, f"b_phi1_{layer}"), s, getattr(self, f"w_phi1_{layer}")))
             p = torch.baddbmm(getattr(self, f"b_phi2_{layer}"), p, getattr(self, f"w_phi2_{layer}"))  # (M, N, 3H)
             p = p.view(m_, n_, 3, hid).permute(2, 1, 0, 3).contiguous()  # (3, N, M, H): node-major per part
-            filt = torch.mm(edge_in, getattr(self, f"w_filter_{layer}")).view(-1, m_, 3, hid)  # (E, M, 3, H)
-            # contiguous (E, M, H) products, so the scatters below take their fast path
-            xs = torch.mul(p[0].index_select(0, src), filt[:, :, 0])
-            xvs = torch.mul(p[2].index_select(0, src), filt[:, :, 2])
+            # the filters of a pair are the same: computed once, used by both halves
+            filt = torch.mm(edge_in, getattr(self, f"w_filter_{layer}")).view(-1, m_, 3, hid)  # (E/2, M, 3, H)
+            xs = self._edge_product(p[0], filt[:, :, 0], src_a, src_b)  # (E, M, H), contiguous
+            xvs = self._edge_product(p[2], filt[:, :, 2], src_a, src_b)
             dv = xvs.unsqueeze(1) * unit  # (E, 3, M, H)
             if v is None:
                 v = torch.zeros((n_, 3, m_, hid), dtype=s.dtype, device=s.device)
             else:
-                xvv = torch.mul(p[1].index_select(0, src), filt[:, :, 1])
+                xvv = self._edge_product(p[1], filt[:, :, 1], src_a, src_b)
                 dv.addcmul_(v.index_select(0, src), xvv.unsqueeze(1))
             ds = torch.zeros((n_, m_, hid), dtype=s.dtype, device=s.device).index_add_(0, dst, xs)
             v = v.index_add_(0, dst, dv)
@@ -171,6 +177,15 @@ class FusedPaiNN(torch.nn.Module):
         both = torch.baddbmm(self.b_out, g, self.w_out)
         mean, raw_std = both.split(self.out_dim, dim=2)
         return mean, softplus(raw_std) + self.min_std
+
+    @staticmethod
+    def _edge_product(node: Tensor, filt: Tensor, src_a: Tensor, src_b: Tensor) -> Tensor:
+        """``node[src] * filt`` for both halves of the edge list (``filt`` of the first half)."""
+        h_ = src_a.numel()
+        out = torch.empty((2 * h_,) + tuple(node.shape[1:]), dtype=node.dtype, device=node.device)
+        torch.mul(node.index_select(0, src_a), filt, out=out[:h_])
+        torch.mul(node.index_select(0, src_b), filt, out=out[h_:])
+        return out
 
     def to_mu(self, mean_z: Tensor, std_z: Tensor) -> tuple[Tensor, Tensor]:
         """Map per-member standardised predictions to normalised mu (before calibration)."""

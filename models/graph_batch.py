@@ -300,14 +300,16 @@ def dense_from_graphs(graphs: Sequence[Any]) -> DenseBatch:
 class SparseBatch:
     """A block of graphs as node and edge lists (no padding): the fused PaiNN's input.
 
-    Nodes of graph ``g`` are contiguous, its absorber first (``absorber[g]``); an edge
-    ``src[e] -> dst[e]`` carries ``edge_attr[e]``; ``pos`` is relative to each graph's absorber.
+    Nodes of graph ``g`` are contiguous, its absorber first (``absorber[g]``); ``pos`` is relative
+    to each graph's absorber. Edges come in pairs: with ``h = E // 2``, edge ``h + e`` is edge
+    ``e`` reversed, and both carry ``edge_attr[e]`` (the features of a pair are the same), so
+    edge-wise work on the features is done once per pair.
     """
 
     x: torch.Tensor  # (N, node_dim) float32
     pos: torch.Tensor  # (N, 3) float32
-    edge_index: torch.Tensor  # (2, E) int64: src, dst
-    edge_attr: torch.Tensor  # (E, edge_dim) float32
+    edge_index: torch.Tensor  # (2, E) int64: src, dst; edge h + e reverses edge e
+    edge_attr: torch.Tensor  # (E // 2, edge_dim) float32, of the first half (and the second)
     batch: torch.Tensor  # (N,) int64 graph of each node
     absorber: torch.Tensor  # (G,) int64 node index of each graph's absorber
     rows: np.ndarray  # (G,) positions of these graphs in the site list
@@ -328,10 +330,8 @@ def sparse_batches(
     """
     if arrays.pos is None:
         raise ValueError("sparse_batches needs SiteArrays with positions (built by site_arrays)")
-    close = arrays.pair < builder.edge_cutoff
-    idx = np.arange(close.shape[1])
-    close[:, idx, idx] = False
-    edges = close.sum(axis=(1, 2))
+    close = np.triu(arrays.pair < builder.edge_cutoff, k=1)  # one edge of each pair
+    edges = 2 * close.sum(axis=(1, 2))
     start, n = 0, len(edges)
     while start < n:
         stop, total = start, 0
@@ -350,22 +350,41 @@ def _sparse(builder: GraphBuilder, arrays: SiteArrays, rows: np.ndarray, close: 
     graph_of, slot = np.nonzero(inside)
     x = builder.node_features(arrays.species[rows][inside], arrays.dist[rows][inside].astype(np.float32), slot == 0)
     pos = arrays.pos[rows][inside].astype(np.float32)
-    g, i, j = np.nonzero(close)  # edge j -> i, as adj[g, i, j] of the dense blocks
-    lengths = arrays.pair[rows[g], i, j].astype(np.float32)
+    g, i, j = np.nonzero(close)  # i < j: the pair j -> i (first half), i -> j (second half)
+    lengths = arrays.pair[rows[g], i, j].astype(np.float32)  # pair distances and bond classes are symmetric
     kinds = None if arrays.kinds is None else arrays.kinds[rows[g], i, j]
     edge_attr = builder.edge_features(lengths, kinds)
-    edge_index = np.stack([base[g] + j, base[g] + i])
+    a, b = base[g] + i, base[g] + j
+    edge_index = np.stack([np.concatenate([b, a]), np.concatenate([a, b])])
     return SparseBatch(torch.from_numpy(x), torch.from_numpy(pos), torch.from_numpy(edge_index),
                        torch.from_numpy(edge_attr), torch.from_numpy(graph_of.astype(np.int64)),
                        torch.from_numpy(base), rows)
 
 
 def sparse_from_graphs(graphs: Sequence[Any]) -> SparseBatch:
-    """Concatenate ``SiteGraph`` objects (absorber at node 0, with ``pos``) into one :class:`SparseBatch`."""
+    """Concatenate ``SiteGraph`` objects (absorber at node 0, with ``pos``) into one :class:`SparseBatch`.
+
+    Raises
+    ------
+    ValueError
+        If a graph's edges do not come in reversed pairs with equal features.
+    """
     sizes = [int(g.num_nodes) for g in graphs]
     base = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    edge_index = torch.cat([g.edge_index + int(b) for g, b in zip(graphs, base)], dim=1)
+    halves, attrs = [], []
+    for k, (g, b) in enumerate(zip(graphs, base)):
+        src, dst = g.edge_index
+        fwd = src > dst
+        lookup = {(int(u), int(w)): e for e, (u, w) in enumerate(zip(src.tolist(), dst.tolist()))}
+        rev = [lookup.get((int(w), int(u)), -1) for u, w in zip(src[fwd].tolist(), dst[fwd].tolist())]
+        if 2 * len(rev) != src.numel() or min(rev, default=0) < 0 or not torch.equal(
+                g.edge_attr[fwd], g.edge_attr[torch.tensor(rev, dtype=torch.long)]):
+            raise ValueError(f"graph {k}: edges are not symmetric pairs with equal features")
+        halves.append(torch.stack([src[fwd], dst[fwd]]) + int(b))
+        attrs.append(g.edge_attr[fwd])
+    half = torch.cat(halves, dim=1)
+    edge_index = torch.cat([half, half.flip(0)], dim=1)
     return SparseBatch(torch.cat([g.x for g in graphs]), torch.cat([g.pos for g in graphs]), edge_index,
-                       torch.cat([g.edge_attr for g in graphs]),
+                       torch.cat(attrs),
                        torch.repeat_interleave(torch.arange(len(graphs)), torch.tensor(sizes)),
                        torch.from_numpy(base), np.arange(len(graphs)))

@@ -129,8 +129,9 @@ def test_chunk_builder_gives_the_builders_graphs(model, models):
             assert int((block.batch == k).sum()) == n
             np.testing.assert_allclose(block.x[first:first + n].numpy(), g.x.numpy(), atol=1e-6)
             np.testing.assert_allclose(block.pos[first:first + n].numpy(), g.pos.numpy(), atol=1e-5)
+            both = torch.cat([block.edge_attr, block.edge_attr])  # edge h + e reverses edge e
             mine = {(int(a) - first, int(b) - first): e for (a, b), e in
-                    zip(block.edge_index.t().tolist(), block.edge_attr) if first <= a < first + n}
+                    zip(block.edge_index.t().tolist(), both) if first <= a < first + n}
             theirs = {(int(a), int(b)): e for (a, b), e in zip(g.edge_index.t().tolist(), g.edge_attr)}
             assert mine.keys() == theirs.keys()
             for key, e in theirs.items():
