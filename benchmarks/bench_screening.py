@@ -2,9 +2,11 @@
 
 A script, not a test. Measures in one run, on this machine, with one torch thread:
 
-1. Throughput per batch size (site graphs per network call) for QM9 molecules (``o-k``; the
-   first of the fixed random order of the shared QM9 sets) and Cu crystals (``cu-k``; the
-   Materials Project set): graph building (per-structure checks, sites and RDKit bonds; then the
+1. Throughput per batch size (site graphs per network call) for QM9 molecules (``o-k`` and
+   ``n-k``, PaiNN ensembles run by :class:`models.fused_painn.FusedPaiNN` in blocks of at most
+   ``block_edges`` edges; the first of the fixed random order of the shared QM9 sets) and Cu
+   crystals (``cu-k``, attention MPNN, :class:`models.fused.FusedEnsemble`; the Materials
+   Project set): graph building (per-structure checks, sites and RDKit bonds; then the
    vectorised clusters and features of the chunk) vs the fused network, and end to end
    (candidate -> graphs -> network -> spectrum with uncertainty), as spectra (structures) per
    second, in wall time and in CPU time of this process (the machine may be shared). The
@@ -25,6 +27,7 @@ A script, not a test. Measures in one run, on this machine, with one torch threa
 Usage::
 
     python benchmarks/bench_screening.py --out benchmarks/results/screening.json [--screen 20000]
+        [--models o-k n-k cu-k] [--dask 0] [--skip-throughput]
 """
 
 from __future__ import annotations
