@@ -5,7 +5,9 @@ structures per second needs the same graphs without per-site Python objects: thi
 the clusters, canonical node order, node features and edge features of *all* absorber sites of a
 chunk of structures with whole-array numpy operations, and hands them to
 :class:`models.fused.FusedEnsemble` as dense blocks of graphs padded to a common node count
-(graphs sorted by size into buckets, so the padding stays small).
+(graphs sorted by size into buckets, so the padding stays small), or to
+:class:`models.fused_painn.FusedPaiNN` as node and edge lists (:func:`sparse_batches`), with
+positions relative to the absorber.
 
 The graphs are the builder's graphs exactly: same clusters, same canonical order (absorber first,
 then distance to 1e-4 A, then atomic number, ties in input order), same features; an edge
