@@ -2,9 +2,11 @@
 
 A script, not a test. Measures in one run, on this machine, with one torch thread:
 
-1. Throughput per batch size (site graphs per network call) for QM9 molecules (``o-k``; the
-   first of the fixed random order of the shared QM9 sets) and Cu crystals (``cu-k``; the
-   Materials Project set): graph building (per-structure checks, sites and RDKit bonds; then the
+1. Throughput per batch size (site graphs per network call) for QM9 molecules (``o-k`` and
+   ``n-k``, PaiNN ensembles run by :class:`models.fused_painn.FusedPaiNN` in blocks of at most
+   ``block_edges`` edges; the first of the fixed random order of the shared QM9 sets) and Cu
+   crystals (``cu-k``, attention MPNN, :class:`models.fused.FusedEnsemble`; the Materials
+   Project set): graph building (per-structure checks, sites and RDKit bonds; then the
    vectorised clusters and features of the chunk) vs the fused network, and end to end
    (candidate -> graphs -> network -> spectrum with uncertainty), as spectra (structures) per
    second, in wall time and in CPU time of this process (the machine may be shared). The
@@ -25,6 +27,7 @@ A script, not a test. Measures in one run, on this machine, with one torch threa
 Usage::
 
     python benchmarks/bench_screening.py --out benchmarks/results/screening.json [--screen 20000]
+        [--models o-k n-k cu-k] [--dask 0] [--skip-throughput]
 """
 
 from __future__ import annotations
@@ -81,27 +84,35 @@ def _since(t):
 # ------------------------------------------------------------------------------ 1. throughput
 def throughput(model: str, candidates: list, batch_sizes, baseline: list) -> dict:
     """Graph vs network time and end-to-end spectra/s per batch size; the per-member path too."""
-    from models.graph_batch import dense_batches, prepare, site_arrays
+    from models.graph_batch import dense_batches, prepare, site_arrays, sparse_batches
     from models.predictor import load_predictor
-    from models.screening import predict_chunk
+    from models.screening import peak_rss_mb, predict_chunk
 
     pred = load_predictor(model, device="cpu")
     items = [(f"c{i}", c) for i, c in enumerate(candidates)]
     predict_chunk(pred, items[:32])  # warm-up
-    out = {"model": model, "structures": len(items), "batch_sizes": {}}
+    out = {"model": model, "fused": type(pred.fused).__name__, "structures": len(items), "batch_sizes": {}}
+    sparse = pred.fused.input_kind == "sparse"
+    if sparse:
+        out["block_edges"] = pred.fused.block_edges
     for bs in batch_sizes:
         pred.builder._bond_cache.clear()
         t = _clock()
         prepared = [prepare(pred.builder, c) for c in candidates]
         per_structure = _since(t)
         t = _clock()
-        blocks = list(dense_batches(pred.builder, site_arrays(pred.builder, prepared), max_graphs=bs))
+        arrays = site_arrays(pred.builder, prepared)
+        if sparse:
+            blocks = list(sparse_batches(pred.builder, arrays, max_graphs=bs, max_edges=pred.fused.block_edges))
+        else:
+            blocks = list(dense_batches(pred.builder, arrays, max_graphs=bs))
         chunk_graphs = _since(t)
         sites = sum(len(b.rows) for b in blocks)
+        edges = sum(int(b.edge_index.shape[1]) for b in blocks) if sparse else int(sum(int(b.adj.sum()) for b in blocks))
         t = _clock()
         with torch.inference_mode():
             for b in blocks:
-                pred.fused.forward_members(b.x, b.node_mask, b.edge_attr, b.adj)
+                pred.fused.forward_block(b)
         network = _since(t)
         pred.builder._bond_cache.clear()
         t = _clock()
@@ -111,6 +122,7 @@ def throughput(model: str, candidates: list, batch_sizes, baseline: list) -> dic
         n = len(items)
         row = {
             "site_graphs": sites,
+            "edges_per_site_graph": edges / sites,
             "graphs_per_block_mean": sites / len(blocks),
             "graph_s": {"per_structure_checks_sites_bonds": per_structure[0], "chunk_clusters_features": chunk_graphs[0]},
             "network_s": network[0],
@@ -122,6 +134,9 @@ def throughput(model: str, candidates: list, batch_sizes, baseline: list) -> dic
                 "network_only_wall": n / network[0], "network_only_cpu": n / network[1],
             },
             "site_graphs_per_s_network_cpu": sites / network[1],
+            "graph_ms_per_spectrum_cpu": 1e3 * (per_structure[1] + chunk_graphs[1]) / n,
+            "network_ms_per_spectrum_cpu": 1e3 * network[1] / n,
+            "load_average": os.getloadavg(),
         }
         out["batch_sizes"][str(bs)] = row
         print(f"{model} bs={bs}: e2e {row['spectra_per_s']['end_to_end_wall']:,.0f}/s wall, "
@@ -142,10 +157,12 @@ def throughput(model: str, candidates: list, batch_sizes, baseline: list) -> dic
                       "spectra_per_s_cpu": len(baseline) / c}
         print(f"{model} {label}: {len(baseline) / w:,.0f}/s wall, {len(baseline) / c:,.0f}/s CPU", flush=True)
     pred.clear_cache()
+    out["process_peak_rss_MB_after"] = peak_rss_mb()  # process-wide high-water mark so far
     return out
 
 
-def bench_throughput(n_molecules: int, n_crystals: int, n_baseline: int, batch_sizes) -> list:
+def bench_throughput(n_molecules: int, n_crystals: int, n_baseline: int, batch_sizes,
+                     models=("o-k", "n-k", "cu-k")) -> list:
     from models.graph_batch import molecule_spec
     from models.paths import CU_K_FEFF, data_path
     from models.readers import read_feff_materials
@@ -154,12 +171,16 @@ def bench_throughput(n_molecules: int, n_crystals: int, n_baseline: int, batch_s
 
     # the fixed random order of the shared QM9 sets: representative sizes (index order is not:
     # QM9 numbers its molecules by size)
-    mols = qm9_molecules("O", count=n_molecules)
-    runs = [throughput("o-k", [molecule_spec(m, m.name) for m in mols], batch_sizes,
-                       [m.to_molecule() for m in mols[:n_baseline]])]
-    records, _ = read_feff_materials(data_path(CU_K_FEFF), limit=n_crystals, progress=False)
-    crystals = [r.structure for r in records]
-    runs.append(throughput("cu-k", crystals, batch_sizes, crystals[:n_baseline]))
+    runs = []
+    for model, element in (("o-k", "O"), ("n-k", "N")):
+        if model in models:
+            mols = qm9_molecules(element, count=n_molecules)
+            runs.append(throughput(model, [molecule_spec(m, m.name) for m in mols], batch_sizes,
+                                   [m.to_molecule() for m in mols[:n_baseline]]))
+    if "cu-k" in models:
+        records, _ = read_feff_materials(data_path(CU_K_FEFF), limit=n_crystals, progress=False)
+        crystals = [r.structure for r in records]
+        runs.append(throughput("cu-k", crystals, batch_sizes, crystals[:n_baseline]))
     return runs
 
 
@@ -350,6 +371,7 @@ def main(argv=None) -> int:
     p.add_argument("--dask", type=int, default=4000, help="candidates for the Dask scaling (0: skip)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--models", nargs="+", default=["o-k", "n-k", "cu-k"], help="models of the throughput part")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.part == "screen":
@@ -371,7 +393,8 @@ def main(argv=None) -> int:
 
     results["feff10"] = feff_reference()
     if not args.skip_throughput:
-        results["throughput"] = bench_throughput(args.molecules, args.crystals, args.baseline, args.batch_sizes)
+        results["throughput"] = bench_throughput(args.molecules, args.crystals, args.baseline, args.batch_sizes,
+                                                 args.models)
         save()
     if args.dask:
         results["dask"] = bench_dask(args.dask, chunk=max(1, args.dask // 8))

@@ -11,7 +11,9 @@ collated.
 
 Supported: ``conv="transformer"`` (no ``beta``, concatenated heads, root weight, as
 :class:`models.gnn.XASNet` builds it) with ``readout="absorber"``; this is every shipped model.
-:func:`supports` says whether an ensemble qualifies; others use the per-member path.
+:func:`supports` says whether an ensemble qualifies; PaiNN ensembles have their own fused
+class (:mod:`models.fused_painn`); :func:`fuse` picks the one that applies, others use the
+per-member path.
 
 The arithmetic is the same up to floating-point summation order (agreement to ~1e-6 in
 normalised mu; ``tests/test_fused.py`` compares the two paths).
@@ -40,6 +42,18 @@ def supports(ensemble: XASEnsemble) -> bool:
         and getattr(conv, "root_weight", False)
         and getattr(conv, "lin_edge", None) is not None
     )
+
+
+def fuse(ensemble: XASEnsemble) -> "torch.nn.Module | None":
+    """The fused inference copy of ``ensemble``: :class:`FusedEnsemble` (attention MPNN),
+    :class:`models.fused_painn.FusedPaiNN` (PaiNN), or None (no fused path: per-member)."""
+    from models import fused_painn
+
+    if supports(ensemble):
+        return FusedEnsemble(ensemble)
+    if fused_painn.supports(ensemble):
+        return fused_painn.FusedPaiNN(ensemble)
+    return None
 
 
 def _stack(tensors: list[Tensor]) -> Tensor:
@@ -112,6 +126,13 @@ class FusedEnsemble(torch.nn.Module):
         self.register_buffer("scale", ensemble.scale.detach().clone())
         self.register_buffer("calibration", ensemble.calibration.detach().clone())
         assert self.w_qkvs.shape == (self.members, hid, 4 * hid)
+
+    #: the block layout :meth:`forward_block` takes (:class:`models.graph_batch.DenseBatch`)
+    input_kind = "dense"
+
+    def forward_block(self, block) -> tuple[Tensor, Tensor]:
+        """:meth:`forward_members` of a :class:`models.graph_batch.DenseBatch`."""
+        return self.forward_members(block.x, block.node_mask, block.edge_attr, block.adj)
 
     def forward_members(self, x: Tensor, node_mask: Tensor, edge_attr: Tensor, adj: Tensor) -> tuple[Tensor, Tensor]:
         """Standardised mean and std of every member for a block of padded graphs.

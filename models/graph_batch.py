@@ -5,7 +5,9 @@ structures per second needs the same graphs without per-site Python objects: thi
 the clusters, canonical node order, node features and edge features of *all* absorber sites of a
 chunk of structures with whole-array numpy operations, and hands them to
 :class:`models.fused.FusedEnsemble` as dense blocks of graphs padded to a common node count
-(graphs sorted by size into buckets, so the padding stays small).
+(graphs sorted by size into buckets, so the padding stays small), or to
+:class:`models.fused_painn.FusedPaiNN` as node and edge lists (:func:`sparse_batches`), with
+positions relative to the absorber.
 
 The graphs are the builder's graphs exactly: same clusters, same canonical order (absorber first,
 then distance to 1e-4 A, then atomic number, ties in input order), same features; an edge
@@ -73,6 +75,7 @@ class SiteArrays:
     dist: np.ndarray  # (S, P) float64 distance to the absorber
     pair: np.ndarray  # (S, P, P) float64 interatomic distances (inf in padding)
     kinds: np.ndarray | None  # (S, P, P) bond classes (molecules)
+    pos: np.ndarray | None = None  # (S, P, 3) float64 positions relative to the absorber (0 in padding)
 
 
 @dataclass
@@ -173,6 +176,7 @@ def molecule_site_arrays(builder: GraphBuilder, prepared: Sequence[PreparedStruc
     atom = order[:, :pmax]
     inside = np.arange(pmax)[None, :] < nodes[:, None]
     m = mol_of[:, None]
+    pos = cart[m, atom] - cart[mol_of, site][:, None, :]
     pair = full[m[:, :, None], atom[:, :, None], atom[:, None, :]]
     both = inside[:, :, None] & inside[:, None, :]
     pair = np.where(both, pair, np.inf)
@@ -182,6 +186,7 @@ def molecule_site_arrays(builder: GraphBuilder, prepared: Sequence[PreparedStruc
         dist=np.where(inside, rows[np.arange(len(site))[:, None], atom], 0.0),
         pair=pair,
         kinds=np.where(both, kinds[m[:, :, None], atom[:, :, None], atom[:, None, :]], 0),
+        pos=np.where(inside[:, :, None], pos, 0.0),
     )
 
 
@@ -199,14 +204,14 @@ def crystal_site_arrays(builder: GraphBuilder, prepared: Sequence[PreparedStruct
             order = np.lexsort((z, key))
             pos, atom, dist = pos[order], atom[order], dist[order]
             diff = pos[:, None, :] - pos[None, :, :]
-            clusters.append((p.species[atom], dist, np.sqrt((diff * diff).sum(axis=-1))))
+            clusters.append((p.species[atom], dist, np.sqrt((diff * diff).sum(axis=-1)), pos - pos[0]))
     nodes = np.array([len(c[0]) for c in clusters], dtype=np.int64)
     pmax = int(nodes.max())
     out = SiteArrays(nodes, np.zeros((len(clusters), pmax), dtype=np.int64), np.zeros((len(clusters), pmax)),
-                     np.full((len(clusters), pmax, pmax), np.inf), None)
-    for s, (sp, dist, pair) in enumerate(clusters):
+                     np.full((len(clusters), pmax, pmax), np.inf), None, np.zeros((len(clusters), pmax, 3)))
+    for s, (sp, dist, pair, rel) in enumerate(clusters):
         n = len(sp)
-        out.species[s, :n], out.dist[s, :n], out.pair[s, :n, :n] = sp, dist, pair
+        out.species[s, :n], out.dist[s, :n], out.pair[s, :n, :n], out.pos[s, :n] = sp, dist, pair, rel
     return out
 
 
@@ -291,3 +296,97 @@ def dense_from_graphs(graphs: Sequence[Any]) -> DenseBatch:
         adj[k, dst, src] = True
         edge_attr[k, dst, src] = g.edge_attr
     return DenseBatch(x, mask, edge_attr, adj, np.arange(n_graphs))
+
+
+@dataclass
+class SparseBatch:
+    """A block of graphs as node and edge lists (no padding): the fused PaiNN's input.
+
+    Nodes of graph ``g`` are contiguous, its absorber first (``absorber[g]``); ``pos`` is relative
+    to each graph's absorber. Edges come in pairs: with ``h = E // 2``, edge ``h + e`` is edge
+    ``e`` reversed, and both carry ``edge_attr[e]`` (the features of a pair are the same), so
+    edge-wise work on the features is done once per pair.
+    """
+
+    x: torch.Tensor  # (N, node_dim) float32
+    pos: torch.Tensor  # (N, 3) float32
+    edge_index: torch.Tensor  # (2, E) int64: src, dst; edge h + e reverses edge e
+    edge_attr: torch.Tensor  # (E // 2, edge_dim) float32, of the first half (and the second)
+    batch: torch.Tensor  # (N,) int64 graph of each node
+    absorber: torch.Tensor  # (G,) int64 node index of each graph's absorber
+    rows: np.ndarray  # (G,) positions of these graphs in the site list
+
+    def to(self, device: torch.device) -> "SparseBatch":
+        """The same batch on ``device``."""
+        return SparseBatch(self.x.to(device), self.pos.to(device), self.edge_index.to(device),
+                           self.edge_attr.to(device), self.batch.to(device), self.absorber.to(device), self.rows)
+
+
+def sparse_batches(
+    builder: GraphBuilder, arrays: SiteArrays, max_graphs: int = 256, max_edges: int = 8192
+) -> Iterator[SparseBatch]:
+    """Yield :class:`SparseBatch` blocks of at most ``max_graphs`` graphs and about ``max_edges`` edges.
+
+    Graphs keep their order in ``arrays``; a block closes before the graph that would take it past
+    ``max_edges`` (a single larger graph still gets a block of its own).
+    """
+    if arrays.pos is None:
+        raise ValueError("sparse_batches needs SiteArrays with positions (built by site_arrays)")
+    close = np.triu(arrays.pair < builder.edge_cutoff, k=1)  # one edge of each pair
+    edges = 2 * close.sum(axis=(1, 2))
+    start, n = 0, len(edges)
+    while start < n:
+        stop, total = start, 0
+        while stop < n and stop - start < max_graphs and (stop == start or total + edges[stop] <= max_edges):
+            total += int(edges[stop])
+            stop += 1
+        yield _sparse(builder, arrays, np.arange(start, stop), close[start:stop])
+        start = stop
+
+
+def _sparse(builder: GraphBuilder, arrays: SiteArrays, rows: np.ndarray, close: np.ndarray) -> SparseBatch:
+    nodes = arrays.nodes[rows]
+    width = arrays.species.shape[1]
+    inside = np.arange(width)[None, :] < nodes[:, None]
+    base = np.concatenate([[0], np.cumsum(nodes)[:-1]]).astype(np.int64)
+    graph_of, slot = np.nonzero(inside)
+    x = builder.node_features(arrays.species[rows][inside], arrays.dist[rows][inside].astype(np.float32), slot == 0)
+    pos = arrays.pos[rows][inside].astype(np.float32)
+    g, i, j = np.nonzero(close)  # i < j: the pair j -> i (first half), i -> j (second half)
+    lengths = arrays.pair[rows[g], i, j].astype(np.float32)  # pair distances and bond classes are symmetric
+    kinds = None if arrays.kinds is None else arrays.kinds[rows[g], i, j]
+    edge_attr = builder.edge_features(lengths, kinds)
+    a, b = base[g] + i, base[g] + j
+    edge_index = np.stack([np.concatenate([b, a]), np.concatenate([a, b])])
+    return SparseBatch(torch.from_numpy(x), torch.from_numpy(pos), torch.from_numpy(edge_index),
+                       torch.from_numpy(edge_attr), torch.from_numpy(graph_of.astype(np.int64)),
+                       torch.from_numpy(base), rows)
+
+
+def sparse_from_graphs(graphs: Sequence[Any]) -> SparseBatch:
+    """Concatenate ``SiteGraph`` objects (absorber at node 0, with ``pos``) into one :class:`SparseBatch`.
+
+    Raises
+    ------
+    ValueError
+        If a graph's edges do not come in reversed pairs with equal features.
+    """
+    sizes = [int(g.num_nodes) for g in graphs]
+    base = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    halves, attrs = [], []
+    for k, (g, b) in enumerate(zip(graphs, base)):
+        src, dst = g.edge_index
+        fwd = src > dst
+        lookup = {(int(u), int(w)): e for e, (u, w) in enumerate(zip(src.tolist(), dst.tolist()))}
+        rev = [lookup.get((int(w), int(u)), -1) for u, w in zip(src[fwd].tolist(), dst[fwd].tolist())]
+        if 2 * len(rev) != src.numel() or min(rev, default=0) < 0 or not torch.equal(
+                g.edge_attr[fwd], g.edge_attr[torch.tensor(rev, dtype=torch.long)]):
+            raise ValueError(f"graph {k}: edges are not symmetric pairs with equal features")
+        halves.append(torch.stack([src[fwd], dst[fwd]]) + int(b))
+        attrs.append(g.edge_attr[fwd])
+    half = torch.cat(halves, dim=1)
+    edge_index = torch.cat([half, half.flip(0)], dim=1)
+    return SparseBatch(torch.cat([g.x for g in graphs]), torch.cat([g.pos for g in graphs]), edge_index,
+                       torch.cat(attrs),
+                       torch.repeat_interleave(torch.arange(len(graphs)), torch.tensor(sizes)),
+                       torch.from_numpy(base), np.arange(len(graphs)))

@@ -155,10 +155,12 @@ class Predictor:
         self.ensemble = XASEnsemble(cfg["net"], members=int(cfg["members"]))
         self.ensemble.load_state_dict(payload["state_dict"])
         self.ensemble.to(device).eval()
-        from models.fused import FusedEnsemble, supports
+        from models.fused import fuse
 
-        # all members in one pass (same function, see models.fused); None: per-member path
-        self.fused = FusedEnsemble(self.ensemble).to(device).eval() if supports(self.ensemble) else None
+        # all members in one pass (same function, see models.fused / models.fused_painn);
+        # None: the per-member path
+        fused = fuse(self.ensemble)
+        self.fused = fused.to(device).eval() if fused is not None else None
         self.supported_elements: list[str] = list(cfg.get("elements") or [])
         self.cache_size = 4096
         self._cache: OrderedDict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -225,9 +227,9 @@ class Predictor:
         """Spectra of structures already checked by :func:`models.graph_batch.prepare`.
 
         All absorber sites of all structures are built at once (:mod:`models.graph_batch`) and run
-        through the fused ensemble in blocks of at most ``batch_size`` graphs of similar size;
-        architectures without a fused path (:func:`models.fused.supports`) go through
-        :meth:`predict`.
+        through the fused ensemble in blocks of at most ``batch_size`` graphs (of similar size for
+        the attention MPNN; of at most ``block_edges`` edges for PaiNN); architectures without a
+        fused path (:func:`models.fused.fuse`) go through :meth:`predict`.
 
         Parameters
         ----------
@@ -240,12 +242,12 @@ class Predictor:
         mean, std : numpy.ndarray
             ``(len(prepared), E)`` float32, as :meth:`predict` returns them.
         """
-        from models.graph_batch import dense_batches, site_arrays
+        from models.graph_batch import dense_batches, site_arrays, sparse_batches
 
         n_out = len(self.energies)
         if not prepared:
             return np.zeros((0, n_out), np.float32), np.zeros((0, n_out), np.float32)
-        if self.fused is None:  # PaiNN / symmetry functions: the per-member path, same structures
+        if self.fused is None:  # symmetry functions: the per-member path, same structures
             from pymatgen.core import Molecule
 
             items = [p.structure if hasattr(p.structure, "cart_coords") else Molecule(p.symbols, p.cart)
@@ -258,9 +260,14 @@ class Predictor:
         members = self.fused.members
         mean = torch.empty((members, n_sites, n_out))
         std = torch.empty((members, n_sites, n_out))
-        for block in dense_batches(self.builder, arrays, max_graphs=batch_size):
-            dev = block.to(self.device)
-            m, s = self.fused.to_mu(*self.fused.forward_members(dev.x, dev.node_mask, dev.edge_attr, dev.adj))
+        if self.fused.input_kind == "sparse":
+            # on a CPU, blocks of a few hundred edges stay in cache; an accelerator wants big blocks
+            max_edges = self.fused.block_edges if self.device.type == "cpu" else 1 << 30
+            blocks = sparse_batches(self.builder, arrays, max_graphs=batch_size, max_edges=max_edges)
+        else:
+            blocks = dense_batches(self.builder, arrays, max_graphs=batch_size)
+        for block in blocks:
+            m, s = self.fused.to_mu(*self.fused.forward_block(block.to(self.device)))
             rows = torch.from_numpy(block.rows)
             mean[:, rows], std[:, rows] = m.float().cpu(), s.float().cpu()
             self.network_calls += len(block.rows)

@@ -450,3 +450,37 @@ def test_provenance_is_available_before_any_run(feff_library):
     assert set(XASRankingCallback(None).provenance()) == {"software_version"}
     prov = XASRankingCallback(feff_library).provenance()
     assert prov["candidates_sha256"] == feff_library.provenance["candidates_sha256"]
+
+
+def test_large_libraries_switch_to_the_screening_engine(feff_library):
+    """Above ``screening_above`` candidates the run ranks with ScreeningEngine (pruning with a
+    certified bound); its rankings agree with RankingEngine's within the bounds, reading by reading."""
+    from xas_callbacks.ranking import RankingEngine
+    from xas_callbacks.screening import ScreeningEngine
+
+    runs = {}
+    for label, above in (("plain", None), ("screening", 0)):
+        emitted = []
+        cb = XASRankingCallback(feff_library, emit=lambda n, d, out=emitted: out.append((n, d)), config=CFG,
+                                screening_above=above)
+        _run_scan(feff_library, cb)
+        runs[label] = (cb, emitted)
+    plain, screen = runs["plain"][0], runs["screening"][0]
+    assert isinstance(plain.last_run.engine, RankingEngine)
+    assert isinstance(screen.last_run.engine, ScreeningEngine)
+    assert runs["screening"][1][0][1]["ranking_config"]["engine"] == "ScreeningEngine"
+    assert runs["plain"][1][0][1]["ranking_config"]["engine"] == "RankingEngine"
+    assert screen.summary["counts"].get("callback_errors", 0) == 0
+    assert screen.summary["counts"].get("renormalizations", 0) > 0  # ScreeningEngine.rebuild ran
+    tol = 2 * CFG.prune_mass + 1e-9
+    assert len(plain.history) == len(screen.history) > 20
+    for a, b in zip(plain.history, screen.history):
+        assert a["n_points"] == b["n_points"]
+        for name, p in a["probabilities"].items():
+            assert abs(b["probabilities"].get(name, 0.0) - p) <= tol
+    events = {k: [d for n, d in v[1] if n == "event"] for k, v in runs.items()}
+    for a, b in zip(events["plain"], events["screening"]):
+        assert a["data"]["top_names"][0] == b["data"]["top_names"][0] or \
+            abs(a["data"]["top_probabilities"][0] - b["data"]["top_probabilities"][0]) <= tol
+        assert a["data"]["top_reduced_chi2"] == pytest.approx(b["data"]["top_reduced_chi2"], rel=1e-6, nan_ok=True)
+    assert screen.latest_ranking.names[0] == feff_library.names[TRUE_INDEX]

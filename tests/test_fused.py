@@ -10,14 +10,17 @@ import torch
 from pymatgen.core import Lattice, Structure
 from torch_geometric.data import Batch
 
-from models.fused import FusedEnsemble, supports
-from models.graph_batch import MoleculeSpec, dense_batches, dense_from_graphs, prepare, site_arrays
+from models.fused import FusedEnsemble, fuse, supports
+from models.fused_painn import FusedPaiNN
+from models.graph_batch import (MoleculeSpec, dense_batches, dense_from_graphs, prepare, site_arrays,
+                                sparse_batches, sparse_from_graphs)
 from models.graphs import BOND_TYPES, perceive_bonds
 from models.predictor import load_predictor
 from models.structures import load_structure
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "models" / "examples"
 SMILES = ["CCO", "OCCO", "CC(=O)O", "c1ccoc1", "OC1=CC=CC=C1", "O=C=O"]
+N_SMILES = ["CCN", "NCCO", "CC(=O)N", "c1ccncc1", "N#CC=O", "NC(=O)N"]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,11 @@ def ok():
 @pytest.fixture(scope="module")
 def models(ok):
     """The shipped molecule and crystal models by short name, loaded once."""
-    return {"ok": ok, "cuk": load_predictor("cu-k", device="cpu")}
+    return {"ok": ok, "cuk": load_predictor("cu-k", device="cpu"), "nk": load_predictor("n-k", device="cpu")}
+
+
+def _smiles_of(model):
+    return N_SMILES if model == "nk" else SMILES
 
 
 def _crystals():
@@ -41,7 +48,7 @@ def _per_member(pred, graphs):
         return pred.ensemble.forward_members(Batch.from_data_list(graphs))
 
 
-@pytest.mark.parametrize("model", ["cuk"])  # o-k and n-k are PaiNN ensembles: no fused path
+@pytest.mark.parametrize("model", ["cuk"])  # o-k and n-k are PaiNN ensembles: models.fused_painn
 def test_fused_members_equal_per_member_outputs(model, models):
     pred = models[model]
     assert supports(pred.ensemble)
@@ -59,10 +66,41 @@ def test_fused_members_equal_per_member_outputs(model, models):
     assert float((ref_mean[0] - ref_mean[1]).abs().max()) > 1e-3
 
 
-@pytest.mark.parametrize("model", ["ok", "cuk"])
+@pytest.mark.parametrize("model", ["ok", "nk"])
+def test_fused_painn_members_equal_per_member_outputs(model, models):
+    pred = models[model]
+    assert not supports(pred.ensemble) and isinstance(pred.fused, FusedPaiNN)
+    graphs = [g for s in _smiles_of(model) for g in pred.builder.structure_graphs(load_structure(s))[0]]
+    ref_mean, ref_std = _per_member(pred, graphs)
+    fused = FusedPaiNN(pred.ensemble)
+    with torch.inference_mode():
+        mean, std = fused.forward_block(sparse_from_graphs(graphs))
+    assert mean.shape == ref_mean.shape == (len(pred.ensemble.members), len(graphs), len(pred.energies))
+    np.testing.assert_allclose(mean.numpy(), ref_mean.numpy(), atol=1e-5)
+    np.testing.assert_allclose(std.numpy(), ref_std.numpy(), atol=1e-5)
+    assert float((ref_mean[0] - ref_mean[1]).abs().max()) > 1e-3  # members differ: no mix-up passes
+    # the same through the chunk builder's blocks, several of them (tiny edge budget)
+    prepared = [prepare(pred.builder, load_structure(s)) for s in _smiles_of(model)]
+    blocks = list(sparse_batches(pred.builder, site_arrays(pred.builder, prepared), max_graphs=4, max_edges=64))
+    assert len(blocks) > 2
+    out = torch.full_like(ref_mean, float("nan"))
+    with torch.inference_mode():
+        for block in blocks:
+            out[:, torch.from_numpy(block.rows)] = fused.forward_block(block)[0]
+    np.testing.assert_allclose(out.numpy(), ref_mean.numpy(), atol=1e-5)
+
+
+def test_fuse_picks_the_fused_class(models):
+    assert isinstance(fuse(models["cuk"].ensemble), FusedEnsemble)
+    assert isinstance(fuse(models["ok"].ensemble), FusedPaiNN)
+    with pytest.raises(ValueError, match="PaiNNNet members"):
+        FusedPaiNN(models["cuk"].ensemble)
+
+
+@pytest.mark.parametrize("model", ["ok", "nk", "cuk"])
 def test_chunk_builder_gives_the_builders_graphs(model, models):
     pred = models[model]
-    structures = [load_structure(s) for s in SMILES] if model == "ok" else _crystals()
+    structures = [load_structure(s) for s in _smiles_of(model)] if model != "cuk" else _crystals()
     prepared = [prepare(pred.builder, s) for s in structures]
     arrays = site_arrays(pred.builder, prepared)
     graphs = [g for s in structures for g in pred.builder.structure_graphs(s)[0]]
@@ -81,10 +119,30 @@ def test_chunk_builder_gives_the_builders_graphs(model, models):
             np.testing.assert_allclose(block.edge_attr[k, dst, src].numpy(), g.edge_attr.numpy(), atol=1e-6)
             seen.add(int(row))
     assert seen == set(range(len(graphs)))
+    # the sparse blocks (PaiNN): the same nodes, positions and edges, as lists
+    seen = set()
+    for block in sparse_batches(pred.builder, arrays, max_graphs=3, max_edges=200):
+        for k, row in enumerate(block.rows):
+            g = graphs[row]
+            first = int(block.absorber[k])
+            n = int(g.num_nodes)
+            assert int((block.batch == k).sum()) == n
+            np.testing.assert_allclose(block.x[first:first + n].numpy(), g.x.numpy(), atol=1e-6)
+            np.testing.assert_allclose(block.pos[first:first + n].numpy(), g.pos.numpy(), atol=1e-5)
+            both = torch.cat([block.edge_attr, block.edge_attr])  # edge h + e reverses edge e
+            mine = {(int(a) - first, int(b) - first): e for (a, b), e in
+                    zip(block.edge_index.t().tolist(), both) if first <= a < first + n}
+            theirs = {(int(a), int(b)): e for (a, b), e in zip(g.edge_index.t().tolist(), g.edge_attr)}
+            assert mine.keys() == theirs.keys()
+            for key, e in theirs.items():
+                np.testing.assert_allclose(mine[key].numpy(), e.numpy(), atol=1e-6)
+            seen.add(int(row))
+    assert seen == set(range(len(graphs)))
 
 
 def test_predict_fused_equals_per_member_path(models):
-    for pred, structures in ((models["ok"], [load_structure(s) for s in SMILES]), (models["cuk"], _crystals())):
+    for pred, structures in ((models["ok"], [load_structure(s) for s in SMILES]),
+                             (models["nk"], [load_structure(s) for s in N_SMILES]), (models["cuk"], _crystals())):
         pred.clear_cache()
         fast = pred.predict(structures)
         fused, pred.fused = pred.fused, None
@@ -127,3 +185,28 @@ def test_fast_bond_perception_matches_rdkit_default():
         np.testing.assert_array_equal(ours, expect)
     assert (perceive_bonds([str(s.specie) for s in load_structure("c1ccoc1")],
                            load_structure("c1ccoc1").cart_coords) == BOND_TYPES.index("aromatic")).sum() == 10
+
+
+def test_fused_painn_keeps_the_card_metrics_on_validation_molecules(ok, qm9_o_k_jsonl):
+    """Every validation molecule of the o-k card's split: the fused and per-member predictions
+    agree to 1e-5, so the metrics computed from them (the card's) are the same."""
+    from models.readers import read_qm9_jsonl, split_ids
+    from models.spectra import spectrum_metrics
+
+    records, _ = read_qm9_jsonl(qm9_o_k_jsonl)
+    val = set(split_ids([r.record_id for r in records], seed=int(ok.card.get("seed", 0)))["val"])
+    molecules = [r.structure for r in records if r.record_id in val]
+    assert len(molecules) == ok.card["split"]["val_records"]
+    ok.clear_cache()
+    fast = ok.predict(molecules)
+    fused, ok.fused = ok.fused, None
+    try:
+        ok.clear_cache()
+        slow = ok.predict(molecules)
+    finally:
+        ok.fused = fused
+        ok.clear_cache()
+    np.testing.assert_allclose(fast.mean, slow.mean, atol=1e-5)
+    np.testing.assert_allclose(fast.std, slow.std, atol=1e-5)
+    m = spectrum_metrics(ok.energies, slow.mean, fast.mean)
+    assert m["mse"] < 1e-10 and m["median_pearson"] > 1 - 1e-9

@@ -77,6 +77,33 @@ class ScreeningEngine:
     def n_live(self) -> int:
         return int(self._live_idx.size)
 
+    # the attributes of RankingEngine that XASRankingCallback reads (same values)
+    @property
+    def n_candidates(self) -> int:
+        return len(self.names)
+
+    @property
+    def n_outside(self) -> int:
+        """Readings outside the tables' energy window (not used), as :attr:`RankingEngine.n_outside`."""
+        return self._probe.n_outside
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self._probe.offsets
+
+    @property
+    def broadenings(self) -> np.ndarray:
+        return self._probe.broadenings
+
+    @property
+    def window(self) -> tuple[float, float]:
+        return self._probe.window
+
+    @property
+    def points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The readings used: energies, values, variances."""
+        return self._probe.points
+
     def reset(self) -> None:
         """Forget all readings."""
         self._probe.reset()
@@ -105,6 +132,24 @@ class ScreeningEngine:
         if self._live is not None:
             self._live.add_point(energy, y, var)
         return True
+
+    def rebuild(self, energy, y, var) -> int:
+        """Replace all readings (e.g. after a re-normalisation), as :meth:`RankingEngine.rebuild`.
+
+        The pruned candidates' recorded masses belong to the old readings, so the next
+        :meth:`result` evaluates every candidate anew (as after :meth:`set_offset_prior`).
+        """
+        self._probe.reset()
+        self._readings = []
+        if self._live is not None:
+            self._live.reset(keep_window=True)
+        used = self.add_points(energy, y, var)
+        self._stale = self.n_points > 0
+        return used
+
+    def reduced_chi2(self, index: int, offset: float, broadening: float) -> float:
+        """As :meth:`RankingEngine.reduced_chi2` for candidate ``index`` of the whole library."""
+        return self._engine(np.array([int(index)]), self._cfg_exact).reduced_chi2(0, offset, broadening)
 
     def add_points(self, energy, y, var) -> int:
         return sum(self.add_point(e, yy, vv) for e, yy, vv in zip(np.atleast_1d(energy), np.atleast_1d(y),
