@@ -250,6 +250,8 @@ def _card(card0, path, grid, val, test, calibration, summaries, paths, report, s
     before = card0["test_metrics"]
     card["test_metrics"] = {"material": metrics_of(test, "mat"), "site": metrics_of(test, "site"),
                             "note": before.get("note")}
+    if card0.get("fine_tune"):  # fine-tuned before: keep that record too (newest first)
+        card["earlier_fine_tunes"] = [card0["fine_tune"], *card0.get("earlier_fine_tunes", [])]
     card["fine_tune"] = {
         "method": "each member resumed from the weights below with a fresh AdamW; early stopping on validation "
                   "MSE; a member keeps its earlier weights unless an epoch beats them; calibration refitted",

@@ -52,6 +52,10 @@ def test_finetune_continues_members_and_records_it(small_run):
     keys = [k for k in old if k.startswith("members.1.")]
     assert keys and all(torch.equal(old[k], new[k]) for k in keys)
     assert not all(torch.equal(old[k], new[k]) for k in old if k.startswith("members.0."))
+    # fine-tuning the fine-tuned weights keeps the first fine-tune's record
+    again = finetune.finetune("o-k", root / "ft2", epochs=[1], lr=1e-3, weights=out, data=[data])
+    assert again["fine_tune"]["from_weights_sha256"] == card["weights_sha256"]
+    assert again["earlier_fine_tunes"] == [json.loads(out.with_suffix(".json").read_text())["fine_tune"]]
 
 
 def test_finetune_refuses_other_data_and_bad_arguments(small_run, capsys):
