@@ -8,9 +8,13 @@ its shipped validation MSE. The uncertainty calibration is then refitted on vali
 test split is evaluated once; the model card keeps the original training record and adds a
 ``fine_tune`` section.
 
-Example (what made the shipped ``cu-k``; fixed epochs, so the run is reproducible)::
+``--checkpoint`` writes the run's state every epoch and resumes it; ``--finish`` writes weights and
+card from a checkpoint as it stands. Examples (the first made the earlier ``cu-k``; the second, with
+``--finish`` once member 0 had converged, the shipped one)::
 
     python -m models.finetune --model cu-k --epochs 13,9,9 --lr 1e-3 --out runs/cu-k-ft --threads 1
+    python -m models.finetune --model cu-k --epochs 1000,1000,1000 --lr 1e-3 --patience 12 --lr-patience 4 \
+        --calibrate coverage --checkpoint runs/cu-k.ckpt.pt --out runs/cu-k-ft --threads 1
 """
 
 from __future__ import annotations
