@@ -8,9 +8,13 @@ its shipped validation MSE. The uncertainty calibration is then refitted on vali
 test split is evaluated once; the model card keeps the original training record and adds a
 ``fine_tune`` section.
 
-Example (what made the shipped ``cu-k``; fixed epochs, so the run is reproducible)::
+``--checkpoint`` writes the run's state every epoch and resumes it; ``--finish`` writes weights and
+card from a checkpoint as it stands. Examples (the first made the earlier ``cu-k``; the second, with
+``--finish`` once member 0 had converged, the shipped one)::
 
     python -m models.finetune --model cu-k --epochs 13,9,9 --lr 1e-3 --out runs/cu-k-ft --threads 1
+    python -m models.finetune --model cu-k --epochs 1000,1000,1000 --lr 1e-3 --patience 12 --lr-patience 4 \
+        --calibrate coverage --checkpoint runs/cu-k.ckpt.pt --out runs/cu-k-ft --threads 1
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ def finetune(
     weights: Path | None = None,
     data: Sequence[Path] | None = None,
     progress: bool = False,
+    patience: int | None = None,
+    lr_patience: int | None = None,
+    checkpoint: Path | None = None,
+    calibrate: str = "rms",
+    finish: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune every member of a trained ensemble and write ``<out>/<model>.pt`` + card.
 
@@ -65,6 +74,22 @@ def finetune(
         must be the shipped model's.
     progress
         Progress bars.
+    patience, lr_patience
+        Early stopping and learning-rate-plateau patience in epochs (default
+        :class:`models.training.TrainSettings`'s).
+    checkpoint
+        A file written after every epoch (the finished members and the state of the one in
+        training). If it exists when the run starts, the run continues from it: finished members
+        are kept and the current one resumes at its next epoch. A checkpoint written for other
+        weights, another model or another learning rate is refused.
+    finish
+        Stop the run in ``checkpoint`` where it is: the member in training keeps its best
+        validation state so far (``stopped: "interrupted"``), members not yet started keep their
+        weights, and the ensemble is calibrated, evaluated and written as usual.
+    calibrate
+        How the std calibration factor is refitted on validation (material level):
+        :func:`models.training.fit_calibration` ``"rms"`` (unit RMS z, as ``xas-train``) or
+        ``"coverage"`` (1- and 2-sigma coverages as close as possible to 0.683 and 0.954).
 
     Returns
     -------
@@ -74,7 +99,8 @@ def finetune(
     Raises
     ------
     ValueError
-        The data give another energy grid than the weights (other data than the model saw).
+        The data give another energy grid than the weights (other data than the model saw), or
+        ``checkpoint`` belongs to another run, or ``finish`` is given without an existing one.
     """
     from models.graphs import GraphBuilder
     from models.readers import split_ids
@@ -109,8 +135,25 @@ def finetune(
     scale = float(cfg["normalisation"]["scale"])
     shipped = XASEnsemble(net_config, members=n_members)
     shipped.load_state_dict(payload["state_dict"])
-    states, summaries = [], []
+    patience = tr.TrainSettings.patience if patience is None else int(patience)
+    lr_patience = tr.TrainSettings.lr_patience if lr_patience is None else int(lr_patience)
+    run_key = {"model_name": model, "from_weights_sha256": file_sha256(weights), "lr": float(lr),
+               "epochs": [int(e) for e in epochs], "minutes": [float(x) for x in minutes],
+               "patience": patience, "lr_patience": lr_patience}
+    saved = None
+    if checkpoint is not None and Path(checkpoint).exists():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        theirs = {k: saved.get(k) for k in run_key}
+        if theirs != run_key:
+            raise ValueError(f"checkpoint {checkpoint} belongs to another run ({theirs}), not to this one "
+                             f"({run_key}); remove it or give another --checkpoint")
+    if finish and saved is None:
+        raise ValueError(f"--finish needs the checkpoint of a run, and {checkpoint} does not exist")
+    states = list(saved["done"]) if saved else []
+    summaries = list(saved["summaries"]) if saved else []
     for m, state0 in enumerate(_member_states(shipped)):
+        if m < len(states):
+            continue  # finished in an earlier invocation (checkpoint)
         net = XASNet(**net_config)
         net.load_state_dict(state0)
         val0 = tr._val_mse(net, graphs["val"], device, offset, scale)
@@ -121,22 +164,41 @@ def finetune(
         last = int(card0["training"]["histories"][m][-1]["epoch"])
         opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=tr.TrainSettings.weight_decay)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, factor=tr.TrainSettings.lr_factor, patience=tr.TrainSettings.lr_patience, min_lr=tr.TrainSettings.min_lr)
+            opt, factor=tr.TrainSettings.lr_factor, patience=lr_patience, min_lr=tr.TrainSettings.min_lr)
         resume = {"model": state0, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                   "best_state": state0, "epoch": last, "best_val": val0, "bad_epochs": 0, "history": [],
                   "elapsed": 0.0}
+        if saved is not None and saved.get("member") == m and saved.get("current") is not None:
+            resume = saved["current"]
+            val0 = float(saved["val_mse_before"])
+        if finish:  # the member in training keeps its best state so far; later members stay as they were
+            history = list(resume["history"])
+            states.append(resume["best_state"])
+            summaries.append({"member": m, "seed": int(card0["training"]["members"][m]["seed"]) + 7,
+                              "val_mse_before": val0, "best_val_mse": float(resume["best_val"]),
+                              "epochs": len(history), "stopped": "interrupted" if history else "not_started",
+                              "seconds": round(float(resume.get("elapsed", 0.0)), 1),
+                              "history": [{k: round(v, 6) if isinstance(v, float) else v for k, v in h.items()}
+                                          for h in history]})
+            continue
         settings = tr.TrainSettings(epochs=last + 1 + (epochs[m] or 10_000), lr=lr,
-                                    max_minutes_per_member=float(minutes[m]))
+                                    max_minutes_per_member=float(minutes[m]), patience=patience,
+                                    lr_patience=lr_patience)
         seed = int(card0["training"]["members"][m]["seed"]) + 7
+        extra = {**run_key, "done": states, "summaries": summaries, "member": m, "val_mse_before": val0}
         state, summary = tr.train_member(net_config, graphs["train"], graphs["val"], settings, seed, device,
-                                         offset, scale, resume_state=resume, desc=f"{model} fine-tune {m + 1}",
-                                         progress=progress)
+                                         offset, scale, checkpoint=Path(checkpoint) if checkpoint else None,
+                                         checkpoint_extra=extra, resume_state=resume,
+                                         desc=f"{model} fine-tune {m + 1}", progress=progress)
         states.append(state)
         summaries.append({"member": m, "seed": seed, "val_mse_before": val0, "best_val_mse": summary["best_val_mse"],
                           "epochs": summary["epochs_run"], "stopped": summary["stopped"],
                           "seconds": round(summary["seconds"], 1),
                           "history": [{k: round(v, 6) if isinstance(v, float) else v for k, v in h.items()}
                                       for h in summary["history"]]})
+        if checkpoint is not None:  # this member is finished: an interruption from here on skips it
+            tr._atomic_save({**run_key, "done": states, "summaries": summaries, "member": m + 1, "current": None},
+                            Path(checkpoint))
 
     members = []
     for state in states:
@@ -144,7 +206,7 @@ def finetune(
         net.load_state_dict(state)
         members.append(net)
     val = tr.evaluate(members, site["val"], offset, scale, device)
-    calibration = float(np.sqrt(np.mean(((val["mat_true"] - val["mat_mean"]) / val["mat_std"]) ** 2)))
+    calibration = tr.fit_calibration(val["mat_true"], val["mat_mean"], val["mat_std"], calibrate)
     test = tr.evaluate(members, site["test"], offset, scale, device, calibration)
     val = tr.evaluate(members, site["val"], offset, scale, device, calibration)
     ensemble = XASEnsemble(net_config, members=n_members, offset=offset, scale=scale, calibration=calibration)
@@ -156,6 +218,14 @@ def finetune(
                 "state_dict": {k: v.cpu() for k, v in ensemble.state_dict().items()}}, path)
     card = _card(card0, path, grid, val, test, calibration, summaries, paths, report, site, lr, epochs, minutes,
                  weights, t_data, time.perf_counter() - t_start)
+    card["fine_tune"].update({"patience": patience, "lr_patience": lr_patience,
+                              "resumed_from_checkpoint": saved is not None})
+    if calibrate != "rms":
+        card["uncertainty"]["method"] = (
+            card["uncertainty"]["method"].split("; std multiplied by")[0]
+            + "; std multiplied by a calibration factor chosen on validation (material level) so that the larger "
+              "deviation of the 1-sigma/2-sigma coverages from 0.683/0.954 is smallest "
+              "(models.training.fit_calibration 'coverage')")
     path.with_suffix(".json").write_text(json.dumps(tr._jsonable(card), indent=1) + "\n")
     return card
 
@@ -184,6 +254,8 @@ def _card(card0, path, grid, val, test, calibration, summaries, paths, report, s
     before = card0["test_metrics"]
     card["test_metrics"] = {"material": metrics_of(test, "mat"), "site": metrics_of(test, "site"),
                             "note": before.get("note")}
+    if card0.get("fine_tune"):  # fine-tuned before: keep that record too (newest first)
+        card["earlier_fine_tunes"] = [card0["fine_tune"], *card0.get("earlier_fine_tunes", [])]
     card["fine_tune"] = {
         "method": "each member resumed from the weights below with a fresh AdamW; early stopping on validation "
                   "MSE; a member keeps its earlier weights unless an epoch beats them; calibration refitted",
@@ -212,6 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weights", type=Path, default=None, help="weights to start from (default: the shipped ones)")
     p.add_argument("--data", action="append", default=None, help="data paths (default: the model's data)")
+    p.add_argument("--patience", type=int, default=None,
+                   help=f"early stopping: epochs without a better validation MSE (default {tr.TrainSettings.patience})")
+    p.add_argument("--lr-patience", type=int, default=None,
+                   help=f"epochs without improvement before the learning rate halves (default {tr.TrainSettings.lr_patience})")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="file written every epoch; an existing one is resumed (same weights, model, lr, epochs)")
+    p.add_argument("--calibrate", choices=tr.CALIBRATIONS, default="rms",
+                   help="refit the std factor on validation for unit RMS z (rms) or for 1/2-sigma coverage (coverage)")
+    p.add_argument("--finish", action="store_true",
+                   help="stop the run in --checkpoint where it is (best state so far) and write weights and card")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true")
     return p
@@ -229,7 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error("give --epochs and/or --minutes for at least one member")
     torch.set_num_threads(max(1, args.threads))
     try:
-        card = finetune(args.model, args.out, epochs, minutes, args.lr, args.weights, args.data, not args.quiet)
+        card = finetune(args.model, args.out, epochs, minutes, args.lr, args.weights, args.data, not args.quiet,
+                        patience=args.patience, lr_patience=args.lr_patience, checkpoint=args.checkpoint,
+                        calibrate=args.calibrate, finish=args.finish)
     except (ValueError, OSError) as exc:
         print(f"models.finetune: error: {exc}", file=sys.stderr)
         return 2

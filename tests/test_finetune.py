@@ -52,6 +52,10 @@ def test_finetune_continues_members_and_records_it(small_run):
     keys = [k for k in old if k.startswith("members.1.")]
     assert keys and all(torch.equal(old[k], new[k]) for k in keys)
     assert not all(torch.equal(old[k], new[k]) for k in old if k.startswith("members.0."))
+    # fine-tuning the fine-tuned weights keeps the first fine-tune's record
+    again = finetune.finetune("o-k", root / "ft2", epochs=[1], lr=1e-3, weights=out, data=[data])
+    assert again["fine_tune"]["from_weights_sha256"] == card["weights_sha256"]
+    assert again["earlier_fine_tunes"] == [json.loads(out.with_suffix(".json").read_text())["fine_tune"]]
 
 
 def test_finetune_refuses_other_data_and_bad_arguments(small_run, capsys):
@@ -70,3 +74,62 @@ def test_finetune_refuses_other_data_and_bad_arguments(small_run, capsys):
     assert code == 2 and len(err) == 1 and err[0].startswith("models.finetune: error:")
     with pytest.raises(SystemExit):
         finetune.main(["--model", "o-k", "--out", str(root / "x")])  # nothing to do
+
+
+def test_finetune_checkpoint_resumes_and_finishes(small_run, monkeypatch):
+    data, weights, root = small_run
+    ckpt = root / "ft.ckpt.pt"
+    real = training.train_member
+
+    def one_epoch_then_crash(net_config, train, val, settings, *args, **kwargs):
+        settings.epochs = int(kwargs["resume_state"]["epoch"]) + 2  # exactly one more epoch
+        real(net_config, train, val, settings, *args, **kwargs)
+        raise KeyboardInterrupt  # killed after the epoch's checkpoint was written
+
+    monkeypatch.setattr(training, "train_member", one_epoch_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.finetune("o-k", root / "ck", epochs=[3, 2], lr=1e-3, weights=weights, data=[data], checkpoint=ckpt)
+    monkeypatch.setattr(training, "train_member", real)
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["member"] == 0 and len(saved["current"]["history"]) == 1 and saved["done"] == []
+    with pytest.raises(ValueError, match="belongs to another run"):
+        finetune.finetune("o-k", root / "ck", epochs=[3, 2], lr=2e-3, weights=weights, data=[data], checkpoint=ckpt)
+    with pytest.raises(ValueError, match="needs the checkpoint"):
+        finetune.finetune("o-k", root / "ck", epochs=[3, 2], weights=weights, data=[data],
+                          checkpoint=root / "missing.pt", finish=True)
+
+    # --finish: the interrupted member keeps its best state, the next one is left as it was
+    card = finetune.finetune("o-k", root / "fin", epochs=[3, 2], lr=1e-3, weights=weights, data=[data],
+                             checkpoint=ckpt, finish=True)
+    assert [m["stopped"] for m in card["fine_tune"]["members"]] == ["interrupted", "not_started"]
+    assert card["fine_tune"]["resumed_from_checkpoint"] is True
+    old = torch.load(weights, weights_only=True)["state_dict"]
+    fin = torch.load(root / "fin" / "o-k.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(old[k], fin[k]) for k in old if k.startswith("members.1."))
+
+    # resuming continues member 0 at its next epoch, then trains member 1
+    card = finetune.finetune("o-k", root / "res", epochs=[3, 2], lr=1e-3, weights=weights, data=[data], checkpoint=ckpt)
+    first, second = card["fine_tune"]["members"]
+    assert [h["epoch"] for h in first["history"]] == [2, 3, 4] and len(second["history"]) == 2
+    assert torch.load(ckpt, weights_only=True)["member"] == 2
+
+
+def test_coverage_calibration_fixes_heavy_tails():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    err = rng.standard_t(5, size=(400, 50))  # heavy tails: unit-RMS bands are too wide at 1 sigma
+    mean, std = np.zeros_like(err), np.ones_like(err)
+
+    def deviations(factor):
+        cov = training.coverage(err, mean, factor * std)
+        return abs(cov["within_1sigma"] - 0.6827), abs(cov["within_2sigma"] - 0.9545)
+
+    rms = training.fit_calibration(err, mean, std, "rms")
+    cov = training.fit_calibration(err, mean, std, "coverage")
+    assert rms == pytest.approx(float(np.sqrt(np.mean(err**2))))
+    assert deviations(rms)[0] > 0.05 and max(deviations(cov)) < 0.03 and cov < rms
+    gauss = rng.standard_normal((400, 50))
+    assert training.fit_calibration(gauss, mean, std, "coverage") == pytest.approx(1.0, abs=0.03)
+    with pytest.raises(ValueError, match="calibration method 'median'"):
+        training.fit_calibration(err, mean, std, "median")
