@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import silu, softplus
 
+from models.fused import _stack
 from models.gnn import XASEnsemble
 
 
@@ -37,10 +38,6 @@ def supports(ensemble: XASEnsemble) -> bool:
     from models.painn import PaiNNNet
 
     return all(isinstance(m, PaiNNNet) for m in ensemble.members)
-
-
-def _stack(tensors: list[Tensor]) -> Tensor:
-    return torch.stack([t.detach() for t in tensors]).contiguous()
 
 
 class FusedPaiNN(torch.nn.Module):

@@ -140,20 +140,27 @@ def test_chunk_builder_gives_the_builders_graphs(model, models):
     assert seen == set(range(len(graphs)))
 
 
+def _fused_and_per_member(pred, structures):
+    """``pred``'s predictions of ``structures`` through its fused path and member by member
+    (empty caches both times); they must agree to 1e-5."""
+    pred.clear_cache()
+    fast = pred.predict(structures)
+    fused, pred.fused = pred.fused, None
+    try:
+        pred.clear_cache()
+        slow = pred.predict(structures)
+    finally:
+        pred.fused = fused
+        pred.clear_cache()
+    np.testing.assert_allclose(fast.mean, slow.mean, atol=1e-5)
+    np.testing.assert_allclose(fast.std, slow.std, atol=1e-5)
+    return fast, slow
+
+
 def test_predict_fused_equals_per_member_path(models):
     for pred, structures in ((models["ok"], [load_structure(s) for s in SMILES]),
                              (models["nk"], [load_structure(s) for s in N_SMILES]), (models["cuk"], _crystals())):
-        pred.clear_cache()
-        fast = pred.predict(structures)
-        fused, pred.fused = pred.fused, None
-        try:
-            pred.clear_cache()
-            slow = pred.predict(structures)
-        finally:
-            pred.fused = fused
-            pred.clear_cache()
-        np.testing.assert_allclose(fast.mean, slow.mean, atol=1e-5)
-        np.testing.assert_allclose(fast.std, slow.std, atol=1e-5)
+        _fused_and_per_member(pred, structures)
 
 
 def test_molecule_spec_equals_pymatgen_molecule(ok):
@@ -197,16 +204,6 @@ def test_fused_painn_keeps_the_card_metrics_on_validation_molecules(ok, qm9_o_k_
     val = set(split_ids([r.record_id for r in records], seed=int(ok.card.get("seed", 0)))["val"])
     molecules = [r.structure for r in records if r.record_id in val]
     assert len(molecules) == ok.card["split"]["val_records"]
-    ok.clear_cache()
-    fast = ok.predict(molecules)
-    fused, ok.fused = ok.fused, None
-    try:
-        ok.clear_cache()
-        slow = ok.predict(molecules)
-    finally:
-        ok.fused = fused
-        ok.clear_cache()
-    np.testing.assert_allclose(fast.mean, slow.mean, atol=1e-5)
-    np.testing.assert_allclose(fast.std, slow.std, atol=1e-5)
+    fast, slow = _fused_and_per_member(ok, molecules)
     m = spectrum_metrics(ok.energies, slow.mean, fast.mean)
     assert m["mse"] < 1e-10 and m["median_pearson"] > 1 - 1e-9
