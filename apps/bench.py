@@ -407,14 +407,14 @@ def _result(callback, energies, t0, reason="") -> PolicyRun:
 
 
 def run_adaptive(RE, docs, problem: Problem, *, dwell_s: float, confidence: float, max_points: int,
-                 agent: str = "information-gain") -> PolicyRun:
+                 agent: str = "information-gain", callback=None) -> PolicyRun:
     from plans.adaptive import adaptive_xas_plan
     from apps.demo import MONO_SPEED_EV_PER_S, SETTLE_S
     from plans.ranking_feed import InProcessRankingFeed
     from xas_callbacks.callback import XASRankingCallback
 
     es = _endstation(problem)
-    cb = XASRankingCallback(problem.library)
+    cb = callback if callback is not None else XASRankingCallback(problem.library)
     t0 = time.perf_counter()
     docs.clear()
     RE(adaptive_xas_plan(
@@ -429,8 +429,9 @@ def run_adaptive(RE, docs, problem: Problem, *, dwell_s: float, confidence: floa
     return _result(cb, _primary_energies(docs), t0, reason)
 
 
-def run_list(RE, docs, problem: Problem, energies, *, dwell_s: float, policy: str) -> PolicyRun:
-    """A conventional step scan (``xafs_scan``) over an explicit list of energies."""
+def run_list(RE, docs, problem: Problem, energies, *, dwell_s: float, policy: str, callback=None) -> PolicyRun:
+    """A conventional step scan (``xafs_scan``) over an explicit list of energies, ranked by
+    ``callback`` (default: a new :class:`~xas_callbacks.callback.XASRankingCallback`)."""
     from plans.grids import EnergyGrid, edge_energy
     from plans.xafs import xafs_scan
     from xas_callbacks.callback import XASRankingCallback
@@ -440,7 +441,7 @@ def run_list(RE, docs, problem: Problem, energies, *, dwell_s: float, policy: st
                       e0=edge_energy(problem.element, problem.edge),
                       spec={"policy": policy, "n_points": int(energies.size), "dwell_s": dwell_s})
     es = _endstation(problem)
-    cb = XASRankingCallback(problem.library)
+    cb = callback if callback is not None else XASRankingCallback(problem.library)
     t0 = time.perf_counter()
     _run(RE, xafs_scan(es.detectors, es.energy, element=problem.element, edge=problem.edge, grid=grid,
                        md={"sample_name": "unknown", "benchmark_policy": policy}), cb, docs)

@@ -27,8 +27,10 @@ loss, so that one reference that theory gets badly wrong does not decide alone) 
 
 then fits the calibrated read-out (``RankingConfig.confidence``: "none of these" and the
 candidates' temperature from statistics of the ranking) on the winner, by the weighted log loss
-of the answer on the same validation data plus partial copies of the simulations
-(:func:`fit_readout`; ``--readout-only``: on the model's stored settings, without the grid),
+of the answer on the same validation data plus partial copies of the simulations and the live
+loop's rankings of validation samples measured through the simulated endstation
+(:mod:`apps.live_cases`; :func:`fit_readout`; ``--readout-only``: on the model's stored
+settings, without the grid),
 and writes ``benchmarks/results/calibration_<model>.json``; ``--write`` stores the winner as the
 model's settings (``xas_callbacks/ranking_settings.json``, read by
 :meth:`~xas_callbacks.ranking.RankingConfig.for_model`), so nothing is tuned on the seven Cu files.
@@ -453,13 +455,19 @@ OBJECTIVE = ("mean Brier score of the answer (candidates and 'none of these'; bo
 # ------------------------------------------------------------------------ the calibrated read-out
 READOUT_OBJECTIVE = ("the read-out (RankingConfig.confidence, confidence_temperature, confidence_chi2_power) "
                      "minimises the weighted log loss of the answer (the true candidate, or 'none of these' when "
-                     "it was removed) on the validation simulations (full and partial, a third without their truth) "
-                     "and the validation references (with and without their mineral); weights READOUT_WEIGHTS.")
+                     "it was removed) on the validation simulations (full and partial, a third without their truth), "
+                     "the live loop's rankings of validation samples measured through the simulated endstation "
+                     "(adaptive and conventional scans, a third without their truth; apps.live_cases) and the "
+                     "validation references (with and without their mineral); weights READOUT_WEIGHTS.")
 #: Share of the read-out's fit that each kind of validation case carries: simulated measurements
-#: (full spectra), the same with a few readings only (as an adaptive scan has them), and the
-#: measured references of other elements among FEFF spectra -- the only validation data with a
-#: real theory-experiment misfit, so they weigh as much as all simulations together.
-READOUT_WEIGHTS = {"simulated": 0.25, "simulated-partial": 0.25, "validation-reference": 0.5}
+#: (full spectra), the same with a few readings only, the live loop's rankings while a scan is
+#: measured (the rankings the adaptive plan stops on; a read-out fitted without them was
+#: under-confident there), and the measured references of other elements among FEFF spectra --
+#: the only validation data with a real theory-experiment misfit, so they weigh as much as all
+#: simulations together.
+READOUT_WEIGHTS = {"simulated": 0.125, "simulated-partial": 0.125, "live": 0.25, "validation-reference": 0.5}
+#: Validation samples measured live for the read-out (``xas-bench calibrate --live-samples``).
+LIVE_SAMPLES = 30
 #: Ridge penalty on the read-out's coefficients (not the intercept), in units of the weighted
 #: mean log loss: keeps them finite where the validation cases separate.
 READOUT_RIDGE = 1e-3
@@ -537,16 +545,17 @@ def _readout_loss(theta, cases, weights, ridge):
 
 def fit_readout(cases: list[dict]) -> dict:
     """The read-out (``RankingConfig.confidence``, ``confidence_temperature``) that minimises the
-    weighted log loss of the answer on ``cases`` (:data:`READOUT_WEIGHTS` per kind, shared equally
-    within a kind), and the loss with and without it."""
+    weighted log loss of the answer on ``cases`` (:data:`READOUT_WEIGHTS` per kind, shared within a
+    kind by each case's ``weight``, 1 by default), and the loss with and without it."""
     from scipy.optimize import minimize
 
     from xas_callbacks.ranking import CONFIDENCE_FEATURES
 
     counts = {k: sum(c["kind"] == k for c in cases) for k in READOUT_WEIGHTS}
-    share = {k: READOUT_WEIGHTS[k] / counts[k] for k in counts if counts[k]}
+    mass = {k: sum(c.get("weight", 1.0) for c in cases if c["kind"] == k) for k in READOUT_WEIGHTS}
+    share = {k: READOUT_WEIGHTS[k] / mass[k] for k in mass if mass[k]}
     total = sum(READOUT_WEIGHTS[k] for k in share)
-    weights = [share[c["kind"]] / total for c in cases]
+    weights = [share[c["kind"]] * c.get("weight", 1.0) / total for c in cases]
     bounds = [(None, None)] * (len(CONFIDENCE_FEATURES) + 1) + [(np.log(0.1), np.log(100.0)), READOUT_CHI2_POWER]
     fit = None
     for power in (0.0, 1.0, 2.0):  # the loss is not convex in the power: the best of three starts
@@ -564,10 +573,34 @@ def fit_readout(cases: list[dict]) -> dict:
                                                         cases, weights, 0.0))}
 
 
+def case_answer(case: dict, config) -> tuple[float, bool]:
+    """The top answer of a read-out case (:func:`readout_cases`, :func:`apps.live_cases.live_readout_cases`)
+    under ``config``: its probability and whether it is right. Without ``config.confidence``, the
+    explicit alternative's raw posterior."""
+    from xas_callbacks.ranking import confidence_features, p_in_candidates, readout_temperature
+
+    lp = np.asarray(case["lp"], float)
+    if config.confidence is None:
+        temperature, lo = 1.0, float(np.clip(case["log_odds_none"], -50.0, 50.0))
+        p_in = 1.0 / (1.0 + np.exp(lo)) if np.isfinite(lo) else 1.0
+    else:
+        temperature = readout_temperature(config, case["chi2"])
+        p_in = p_in_candidates(config, confidence_features(case["log_odds_none"], lp, case["chi2"], case["n_blocks"],
+                                                           temperature))
+    s = lp / temperature
+    q = np.exp(s - np.max(s))
+    q = p_in * q / q.sum()
+    top = int(np.argmax(q))
+    if 1.0 - p_in >= q[top]:
+        return 1.0 - p_in, case["truth"] is None
+    return float(q[top]), case["truth"] == top
+
+
 def calibrate(model: str, n_tasks: int, n_candidates: int, seed: int, stream=sys.stdout,
-              readout_only: bool = False) -> dict:
+              readout_only: bool = False, live_samples: int = LIVE_SAMPLES) -> dict:
     """Choose the ranking settings of ``model`` on validation data: the grid, then the read-out on
-    the best of it; ``readout_only``: the read-out on the model's stored settings."""
+    the best of it (with ``live_samples`` validation samples measured live); ``readout_only``: the
+    read-out on the model's stored settings."""
     t0 = time.perf_counter()
     tasks = simulated_tasks(model, "val", n_tasks, n_candidates, seed)
     ref_tasks, ref_setup = validation_reference_tasks()
@@ -580,8 +613,9 @@ def calibrate(model: str, n_tasks: int, n_candidates: int, seed: int, stream=sys
         if not stored:
             raise SystemExit(f"xas-bench calibrate: {model} has no stored settings to fit a read-out on; "
                              f"run it without --readout-only")
-        settings = {k: v for k, v in stored.items() if k not in READOUT_SETTINGS}
-        readout = calibrate_readout(settings, tasks, ref_tasks, seed, stream)
+        settings = {k: v for k, v in stored.items() if k not in READOUT_SETTINGS
+                    and k not in ("calibration", "git", "weights_sha256")}
+        readout = calibrate_readout(model, settings, tasks, ref_tasks, seed, stream, live_samples, n_candidates)
         best = {"settings": {**settings, **{k: readout[k] for k in READOUT_SETTINGS}},
                 "grid": "not searched (--readout-only): the stored settings"}
         return {"benchmark": "xas-bench calibrate --readout-only", "model": model, "git": git_state(), "seed": seed,
@@ -603,7 +637,7 @@ def calibrate(model: str, n_tasks: int, n_candidates: int, seed: int, stream=sys
         print(f"{row['loss']:.3f} {row['settings']} sim {row['simulated']} sim-absent "
               f"{row['simulated_truth_absent']} ref {row['references']}", file=stream)
     best = dict(table[0])
-    readout = calibrate_readout(best["settings"], tasks, ref_tasks, seed, stream)
+    readout = calibrate_readout(model, best["settings"], tasks, ref_tasks, seed, stream, live_samples, n_candidates)
     best["settings"] = {**best["settings"], **{k: readout[k] for k in READOUT_SETTINGS}}
     return {"benchmark": "xas-bench calibrate", "model": model, "git": git_state(), "seed": seed,
             "n_simulated": len(tasks), "n_references": len(ref_tasks), "references_setup": ref_setup,
@@ -612,35 +646,55 @@ def calibrate(model: str, n_tasks: int, n_candidates: int, seed: int, stream=sys
             "table": table, "readout": readout, "best": best, "wall_s": round(time.perf_counter() - t0, 1)}
 
 
-def calibrate_readout(settings: dict, tasks: list[Task], ref_tasks: list[Task], seed: int, stream=sys.stdout) -> dict:
+def calibrate_readout(model: str, settings: dict, tasks: list[Task], ref_tasks: list[Task], seed: int,
+                      stream=sys.stdout, live_samples: int = LIVE_SAMPLES, n_candidates: int = 40) -> dict:
     """Fit the calibrated read-out on top of ``settings`` on the validation tasks (simulated,
-    their partial copies, the references), and score the validation answers with and without it."""
+    their partial copies, the references) and ``live_samples`` validation samples measured live
+    (:func:`apps.live_cases.live_readout_cases`), and score the validation answers with and
+    without it and with the model's previous read-out (``previous``: the stored one, if any)."""
     from dataclasses import replace
 
+    from apps.live_cases import live_readout_cases
     from xas_callbacks.ranking import RankingConfig
 
     t0 = time.perf_counter()
     config = replace(RankingConfig(**settings), confidence=None)
+    stored = RankingConfig.for_model(model)  # steers the live scans as the product would
+    live, live_setup = (live_readout_cases(model, live_samples, n_candidates, seed, replace(
+        config, **{k: getattr(stored, k) for k in READOUT_SETTINGS}), stream) if live_samples else ([], {}))
     every = tasks + partial_tasks(tasks, seed + 1) + ref_tasks
     engines: list = []
-    readout = fit_readout(readout_cases(every, config, engines))
+    readout = fit_readout(readout_cases(every, config, engines) + live)
     calibrated = replace(config, **{k: readout[k] for k in READOUT_SETTINGS})
     readout["settings"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()
                            if k not in READOUT_SETTINGS}
+    readout["live"] = live_setup
     readout["validation"] = {}
-    for label, cfg in (("raw", config), ("calibrated", calibrated)):
+    previous = replace(config, **{k: getattr(stored, k) for k in READOUT_SETTINGS})
+    for label, cfg in (("raw", config), ("previous", previous), ("calibrated", calibrated)):
         rows = []
         for task, (eng, res) in zip(every, engines):
             eng.config = cfg
             rows.append(score(task, eng.result(full=True)))
         readout["validation"][label] = {kind: _brief(summarize([r for r in rows if r["kind"] == kind]))
-                                        for kind in READOUT_WEIGHTS}
+                                        for kind in READOUT_WEIGHTS if kind != "live"}
+        answers = [case_answer(c, cfg) for c in live]
+        final = [a for a, c, nxt in zip(answers, live, live[1:] + [None]) if nxt is None or nxt["label"] != c["label"]]
+        readout["validation"][label]["live"] = {
+            "n_cases": len(answers), "ece_all_checkpoints": expected_calibration_error(*zip(*answers)) if answers else None,
+            "n_scans": len(final), "ece_end_of_scan": expected_calibration_error(*zip(*final)) if final else None,
+            "accuracy_of_top_answer_end_of_scan": float(np.mean([ok for _, ok in final])) if final else None,
+            "ece": expected_calibration_error(*zip(*answers)) if answers else None}
     print(f"read-out {readout['confidence']} T {readout['confidence_temperature']:.3f} "
           f"chi2 power {readout['confidence_chi2_power']:.2f} "
           f"({time.perf_counter() - t0:.0f} s); validation ECE raw -> calibrated: " + ", ".join(
-              f"{k} {readout['validation']['raw'][k]['ece']:.3f} -> {readout['validation']['calibrated'][k]['ece']:.3f}"
+              f"{k} {_ece(readout['validation']['raw'][k])} -> {_ece(readout['validation']['calibrated'][k])}"
               for k in READOUT_WEIGHTS), file=stream, flush=True)
     return readout
+
+
+def _ece(summary: dict) -> str:
+    return "-" if summary.get("ece") is None else f"{summary['ece']:.3f}"
 
 
 def write_settings(model: str, settings: dict, source: str) -> None:
@@ -739,6 +793,9 @@ def add_parsers(sub) -> None:
                            help="store the best settings as the model's (xas_callbacks/ranking_settings.json)")
             p.add_argument("--readout-only", action="store_true",
                            help="keep the model's stored settings and fit only the calibrated read-out on them")
+            p.add_argument("--live-samples", type=int, default=LIVE_SAMPLES,
+                           help="validation samples measured live (adaptive and conventional scans through the "
+                                "simulated endstation) for the read-out; 0: none")
         else:
             p.add_argument("--no-readout", action="store_true",
                            help="rank without the calibrated read-out (RankingConfig.confidence), to compare")
@@ -748,7 +805,8 @@ def run(args, stream=sys.stdout) -> int:
     """Run ``xas-bench real`` or ``xas-bench calibrate`` with parsed ``args``."""
     if args.command == "calibrate":
         result = calibrate(args.model, args.tasks, args.candidates, args.seed, stream,
-                           readout_only=getattr(args, "readout_only", False))
+                           readout_only=getattr(args, "readout_only", False),
+                           live_samples=getattr(args, "live_samples", LIVE_SAMPLES))
         path = args.out / f"calibration_{args.model}.json"
         if args.write:
             root = RESULTS.parent.parent
