@@ -59,3 +59,34 @@ def test_fit_readout_shares_a_kind_by_case_weight():
         assert np.allclose(a[key], b[key], atol=1e-3)
     heavier = fit_readout(cases[:6] + [dict(c, weight=10.0) for c in cases[6:]])
     assert heavier["loss"] != pytest.approx(a["loss"], rel=1e-6)
+
+
+def test_a_measurement_sharper_than_the_candidates_is_broadened_live(RE):
+    """HERFD-like: the sample's edge rises in ~3 eV, the candidates' in 8-15 eV (20-80 %). The live
+    callback broadens the readings (reported in the ranking's warnings) and still ranks the truth
+    first; a measurement as broad as the candidates is left alone."""
+    import itertools
+
+    from tests.synthetic import ENERGIES, spectrum
+    from xas_callbacks.candidates import CandidateLibrary
+
+    params = list(itertools.product((0.3, 0.9), (3.0, 9.0), (22.0, 34.0)))
+    lib = CandidateLibrary.from_spectra(
+        [f"broad-{i}" for i in range(len(params))], ENERGIES, np.array([spectrum(ENERGIES, *p, width_eV=7.0) for p in params]),
+        default_std=0.01, provenance={"model": "synthetic", "element": "Cu", "edge": "K", "source": "test"})
+    energies = np.arange(8930.0, 9095.0, 1.0)
+    TRUE = 2  # a small white line far from the edge: its rise is the edge's own
+    found = {}
+    for label, width in (("sharp", 1.0), ("broad", 7.0)):
+        sample = SimulatedSample.from_spectrum(ENERGIES, spectrum(ENERGIES, *params[TRUE], width_eV=width),
+                                               element="Cu", edge="K", name=label)
+        problem = Problem(kind="heldout", label=label, element="Cu", edge="K", library=lib, true_names=[lib.names[TRUE]],
+                          sample=sample, offset_eV=0.0, seed=5, info={"limits": (8900.0, 9200.0)})
+        cb = XASRankingCallback(lib)
+        run_list(RE, [], problem, energies, dwell_s=0.5, policy="conventional", callback=cb)
+        found[label] = (cb.last_run.measurement_broadening, cb.latest_ranking)
+    fwhm, res = found["sharp"]
+    assert fwhm > 0 and res.measurement_broadening_eV == fwhm
+    assert any("sharper than the candidates" in w for w in res.warnings)
+    assert res.names[0] == lib.names[TRUE]
+    assert found["broad"][0] == 0.0 and found["broad"][1].names[0] == lib.names[TRUE]

@@ -46,7 +46,8 @@ from models.spectra import edge_half_height
 from models.jsonable import to_jsonable
 from models.provenance import software_version
 from xas_callbacks.candidates import CandidateLibrary
-from xas_callbacks.ranking import RankingConfig, RankingEngine, RankingResult, data_offset_prior, ranking_tables
+from xas_callbacks.ranking import (RankingConfig, RankingEngine, RankingResult, broaden_readings, data_offset_prior,
+                                   ranking_tables, sharper_measurement_broadening, candidates_rise_width)
 
 logger = logging.getLogger(__name__)
 
@@ -361,6 +362,10 @@ class RankingRun(DocumentRouter):
         self._seen: set = set()
         self._last_seq: dict[str, int] = {}
         self._n_at_norm = 0
+        #: Gaussian FWHM (eV) the readings are broadened by to rank them: > 0 for a measurement
+        #: sharper than the candidates (HERFD), refitted with each normalisation
+        self.measurement_broadening = 0.0
+        self._typical_rise: float | None = None  # the candidates' 20-80 % edge rise (eV), a low percentile
         self._E: list[float] = []
         self._mu: list[float] = []
         self._var: list[float] = []
@@ -492,14 +497,23 @@ class RankingRun(DocumentRouter):
             prior = self._offset_prior(E, y)
             if prior is not None and not np.allclose(prior, eng.offset_prior, atol=0.25):
                 eng.set_offset_prior(*prior)
-            eng.rebuild(E, y, v)
+            # only once pre- and post-edge are measured: a provisional step sharpens any rise
+            self.measurement_broadening = self._sharper_by(E, y) if new.method != "provisional" else 0.0
+            eng.rebuild(E, *self._broadened(E, y, v))
             if n > 1:
                 self.count("renormalizations")
+        elif self.measurement_broadening > 0:  # a new reading changes its neighbours' convolution
+            y, v = self.normalization.apply(E, np.asarray(self._mu), np.asarray(self._var))
+            eng.rebuild(E, *self._broadened(E, self._flatten(E, y), v))
         else:
             y, v = self.normalization.apply(E[-1:], np.asarray(self._mu[-1:]), np.asarray(self._var[-1:]))
             eng.add_point(E[-1], self._flatten(E[-1:], y)[0], v[0])
         self.run_counts["outside_model_range"] = eng.n_outside
         res = eng.result()  # with the leader's reduced chi^2 and the calibrated p_none
+        if self.measurement_broadening > 0:
+            res.measurement_broadening_eV = self.measurement_broadening
+            res.warnings.append(f"the measurement is sharper than the candidates (high-energy-resolution "
+                                f"fluorescence?): broadened by {self.measurement_broadening:g} eV FWHM to rank it")
         self.latest_ranking = res
         self.history.append({
             "n_points": res.n_points,
@@ -507,6 +521,27 @@ class RankingRun(DocumentRouter):
                               zip(res.order[: self.top_k], res.probabilities[: self.top_k])},
         })
         self._emit_ranking(res, ev)
+
+    def _sharper_by(self, energy, y) -> float:
+        """The FWHM (eV) the readings are broadened by because their edge rises more steeply than
+        the candidates' (HERFD; :func:`~xas_callbacks.ranking.sharper_measurement_broadening`)."""
+        if self._typical_rise is None:
+            self._typical_rise = candidates_rise_width(self.library.energies, self.library.mean)
+        order = np.argsort(energy, kind="stable")
+        return sharper_measurement_broadening(energy[order], np.asarray(y)[order], self.library.energies,
+                                              self.library.mean, self._typical_rise)
+
+    def _broadened(self, energy, y, var):
+        """``(y, var)`` convolved in energy with :attr:`measurement_broadening` (unchanged at 0),
+        in the readings' own order."""
+        y, var = np.asarray(y, dtype=float), np.asarray(var, dtype=float)
+        if self.measurement_broadening <= 0:
+            return y, var
+        order = np.argsort(energy, kind="stable")
+        yb, vb = broaden_readings(energy[order], y[order], var[order], self.measurement_broadening)
+        out_y, out_v = np.empty_like(y), np.empty_like(var)
+        out_y[order], out_v[order] = yb, vb
+        return out_y, out_v
 
     def _flatten(self, energy, y, refit: bool = False) -> np.ndarray:
         """Normalised readings flattened as the candidates were; the flattening is refitted with

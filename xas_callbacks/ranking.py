@@ -467,10 +467,15 @@ def linear_gaussian_log_evidence(
     )
 
 
-#: A measurement whose edge rises within this fraction of the candidates' typical 20-80 % rise
-#: is treated as sharper than them (HERFD); the models' own predictions are smoother than FEFF's,
-#: so ordinary transmission data must not count.
+#: A measurement whose edge rises within this fraction of the candidates' 20-80 % rise (their
+#: :data:`HERFD_RISE_PERCENTILE`-th percentile) is treated as sharper than them (HERFD); the
+#: models' own predictions are smoother than FEFF's, so ordinary transmission data must not count.
 HERFD_RISE_RATIO = 0.5
+#: Which of the candidates' rises the measurement's is held against: a low percentile, because a
+#: strong white line just above the edge shortens a rise (a candidate measured as it is computed
+#: must not count as sharper), while a HERFD measurement is sharper than the core-hole lifetime
+#: broadening that every computed spectrum carries.
+HERFD_RISE_PERCENTILE = 10.0
 
 #: Gaussian FWHM (eV) a measurement sharper than the candidates may be broadened with.
 MEASUREMENT_BROADENINGS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
@@ -1242,13 +1247,23 @@ def rise_width(energy, y) -> float:
     return edge_half_height(energy, y, 0.8) - edge_half_height(energy, y, 0.2)
 
 
-def sharper_measurement_broadening(energy, y, model_energies, model_mean) -> float:
+def candidates_rise_width(model_energies, model_mean, at_most: int = 1000) -> float:
+    """The :data:`HERFD_RISE_PERCENTILE`-th percentile of the candidates' :func:`rise_width`
+    (over every ``len // at_most``-th of them)."""
+    mean = np.atleast_2d(model_mean)
+    widths = [rise_width(model_energies, m) for m in mean[:: max(1, len(mean) // at_most)]]
+    return float(np.nanpercentile(widths, HERFD_RISE_PERCENTILE)) if np.isfinite(widths).any() else float("nan")
+
+
+def sharper_measurement_broadening(energy, y, model_energies, model_mean, typical: float | None = None) -> float:
     """The Gaussian FWHM (eV, from :data:`MEASUREMENT_BROADENINGS`) that brings a measurement
     whose edge rises more steeply than the candidates' (high-energy-resolution fluorescence,
-    HERFD) to their typical rise; 0 for a measurement as broad as them or broader, where the
-    candidates are broadened instead (the ranking's broadening nuisance)."""
+    HERFD) to their rise (``typical``, else :func:`candidates_rise_width`); 0 for a measurement
+    as broad as them or broader, where the candidates are broadened instead (the ranking's
+    broadening nuisance)."""
     measured = rise_width(energy, y)
-    typical = np.nanmedian([rise_width(model_energies, m) for m in np.atleast_2d(model_mean)])
+    if typical is None:
+        typical = candidates_rise_width(model_energies, model_mean)
     if not (np.isfinite(measured) and np.isfinite(typical)) or measured >= HERFD_RISE_RATIO * typical:
         return 0.0
     from models.spectra import gaussian_broaden
