@@ -1,0 +1,84 @@
+"""o-k / n-k: two weights files on the SAME validation and test molecules (a script, not a test).
+
+Usage (what wrote ``benchmarks/results/qm9_retrain_<model>.json``; one thread)::
+
+    python benchmarks/qm9_retrain_compare.py o-k models/weights/o-k.pt /work/runs/o-k-s3/o-k.pt
+
+The data are what ``xas-train`` reads today (the shared QM9 set plus the project's extension under
+``data/``), split by :func:`models.readers.split_ids` (seed 0; a hash of the molecule id, so the
+molecules of the shared set keep their split). Each model predicts on its own grid with its own
+calibration factor; the predictions of the first file are interpolated onto the grid of the last
+(they differ by at most a fraction of a grid step), and all are scored against the same truth on that
+grid with the card's metrics (:func:`models.spectra.spectrum_metrics`, molecule level, and
+:func:`models.training.coverage`). Scores are reported on all validation/test molecules and on those
+of the shared set alone (the molecules the older cards were scored on).
+"""
+import json, sys, time
+from pathlib import Path
+import numpy as np, torch
+torch.set_num_threads(1)
+from models import training as tr
+from models.gnn import XASEnsemble
+from models.graphs import GraphBuilder
+from models.readers import split_ids
+from models.spectra import spectrum_metrics
+
+model = sys.argv[1]
+files = [Path(p) for p in sys.argv[2:]]
+t0 = time.time()
+paths = tr.default_data_paths(model)
+records, _ = tr.read_records(model, paths)
+shared_ids = {str(r.record_id) for r in tr.read_records(model, paths[:1])[0]}
+split = split_ids([str(r.record_id) for r in records], seed=0)
+by_id = {str(r.record_id): r for r in records}
+parts = {k: [by_id[i] for i in split[k]] for k in ("val", "test")}
+dev = torch.device("cpu")
+
+
+def predict(weights: Path):
+    payload = torch.load(weights, map_location="cpu", weights_only=True)
+    cfg = payload["config"]
+    grid = np.asarray(cfg["energies"], dtype=float)
+    builder = GraphBuilder.from_config(cfg["graph_builder"])
+    ens = XASEnsemble(cfg["net"], members=int(cfg["members"]))
+    ens.load_state_dict(payload["state_dict"])
+    offset = torch.tensor(cfg["normalisation"]["offset"], dtype=torch.float32)
+    scale = float(cfg["normalisation"]["scale"])
+    out = {}
+    for k, recs in parts.items():
+        site = tr.make_site_data(recs, builder, grid)
+        out[k] = tr.evaluate(list(ens.members), site, offset, scale, dev, float(cfg.get("calibration", 1.0)))
+        out[k]["ids"] = site.ids
+    return grid, out
+
+
+preds = {str(f): predict(f) for f in files}
+grid, ref = preds[str(files[-1])]
+report = {"model": model, "data": [str(p) for p in paths], "files": {},
+          "split_counts": {k: len(v) for k, v in split.items()},
+          "split_counts_shared_only": {k: len([i for i in v if i in shared_ids]) for k, v in split.items()},
+          "grid": [float(grid[0]), float(grid[-1]), len(grid)]}
+for f, (g, res) in preds.items():
+    entry = {"weights_sha256": tr.file_sha256(f), "grid_max_shift_eV": float(np.abs(g - grid).max())}
+    for k in parts:
+        assert res[k]["ids"] == ref[k]["ids"], "molecule order differs between the two evaluations"
+        true = ref[k]["mat_true"]
+        mean = np.stack([np.interp(grid, g, m) for m in res[k]["mat_mean"]])
+        std = np.stack([np.interp(grid, g, s) for s in res[k]["mat_std"]])
+        shared = np.array([i in shared_ids for i in ref[k]["ids"]])
+        for label, sel in (("all", slice(None)), ("shared_set", shared)):
+            m = spectrum_metrics(grid, true[sel], mean[sel])
+            entry[f"{k}_{label}"] = {**{a: m[a] for a in ("mse", "median_pearson", "peaks_within_1eV",
+                                                           "peaks_within_0.5eV", "n_true_peaks", "edge_mae_eV", "n_spectra")},
+                                     "uncertainty": tr.coverage(true[sel], mean[sel], std[sel])}
+    report["files"][f] = entry
+report["seconds"] = round(time.time() - t0, 1)
+out = Path(__file__).resolve().parent / "results" / f"qm9_retrain_{model}.json"
+out.write_text(json.dumps(tr._jsonable(report), indent=1) + "\n")
+for f, e in report["files"].items():
+    print(f, e["weights_sha256"][:8])
+    for k in ("val_all", "val_shared_set", "test_all", "test_shared_set"):
+        x = e[k]
+        print(f"  {k:16s} n={x['n_spectra']:4d} mse={x['mse']:.4f} r={x['median_pearson']:.4f} "
+              f"1eV={x['peaks_within_1eV']:.3f} 0.5eV={x['peaks_within_0.5eV']:.3f} edge={x['edge_mae_eV']:.2f} "
+              f"cov={x['uncertainty']['within_1sigma']:.3f}/{x['uncertainty']['within_2sigma']:.3f}")
