@@ -90,3 +90,13 @@ def test_a_measurement_sharper_than_the_candidates_is_broadened_live(RE):
     assert any("sharper than the candidates" in w for w in res.warnings)
     assert res.names[0] == lib.names[TRUE]
     assert found["broad"][0] == 0.0 and found["broad"][1].names[0] == lib.names[TRUE]
+
+
+def test_models_without_live_samples_give_no_cases_and_say_so():
+    import io
+
+    from apps.live_cases import live_readout_cases
+
+    out = io.StringIO()
+    cases, setup = live_readout_cases("n-k", 3, 10, 0, RankingConfig(), stream=out)
+    assert cases == [] and "n-k" in setup["skipped"] and "none for n-k" in out.getvalue()
