@@ -411,11 +411,7 @@ CALIBRATION_GRID = {
     "none_sd": (0.05, 0.08, 0.15),
 }
 CALIBRATION_READOUT = {
-    # The likelihood's temperature stays <= 1.5: above it the posterior over offsets, broadenings
-    # and levels is too flat to prune, and an update over 1,000 candidates costs 16 ms (T 2), 18 ms
-    # (T 3) or 74 ms (T 5) instead of 2.4 ms (T 1.5; cu-k's settings, benchmarks/bench_ranking_scale.py).
-    # The calibrated read-out has its own temperature for the candidates' share.
-    "temperature": (1.0, 1.5),
+    "temperature": (1.0, 1.5, 2.0, 3.0, 5.0),
     "none_gamma": (0.0, 0.1, 0.3, 1.0),
     "none_prior": (0.1, 0.3, 0.5),
 }
