@@ -201,8 +201,9 @@ def test_fused_painn_keeps_the_card_metrics_on_validation_molecules(ok, qm9_o_k_
     from models.spectra import spectrum_metrics
     from models.training import default_data_paths, read_records
 
-    # the card's data: the shared set (the fixture skips without it) plus the extension under data/
-    records, _ = read_records("o-k", default_data_paths("o-k"))
+    # the card's data: the shared set (the fixture skips without it) plus the extension under data/,
+    # as many records as the card saw (later snapshots append molecules to the extension)
+    records, _ = read_records("o-k", default_data_paths("o-k"), limit=int(ok.card["data"]["records"]))
     val = set(split_ids([r.record_id for r in records], seed=int(ok.card.get("seed", 0)))["val"])
     molecules = [r.structure for r in records if r.record_id in val]
     assert len(molecules) == ok.card["split"]["val_records"]
