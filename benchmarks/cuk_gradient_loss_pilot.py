@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np, torch
 torch.set_num_threads(1)
 from models import training as tr
-from models.gnn import XASEnsemble, XASNet, gaussian_nll
+from models.gnn import XASEnsemble, XASNet, derivative_mse, gaussian_nll
 from models.graphs import GraphBuilder
 from models.readers import split_ids
 from models.spectra import common_grid, spectrum_metrics
@@ -55,8 +55,7 @@ for epoch in range(K):
         opt.zero_grad(set_to_none=True)
         mean, std = net(batch.x, batch.edge_index, batch.edge_attr, batch.batch, batch.absorber_index.view(-1))
         loss = gaussian_nll(mean, std, batch.y, beta=0.5)
-        dm, dy = mean.diff(dim=-1), batch.y.diff(dim=-1)
-        gterm = (dm - dy).pow(2).mean()
+        gterm = derivative_mse(mean, batch.y)  # the term of models.finetune --derivative-loss
         if lam is None:  # equal weight to the mean-fit part of the beta-NLL at the start, times lam_rel
             with torch.no_grad():
                 fit = (0.5 * (batch.y - mean).pow(2) / std).mean()

@@ -53,6 +53,7 @@ def finetune(
     checkpoint: Path | None = None,
     calibrate: str = "rms",
     finish: bool = False,
+    derivative_loss: float = 0.0,
 ) -> dict[str, Any]:
     """Fine-tune every member of a trained ensemble and write ``<out>/<model>.pt`` + card.
 
@@ -90,6 +91,12 @@ def finetune(
         How the std calibration factor is refitted on validation (material level):
         :func:`models.training.fit_calibration` ``"rms"`` (unit RMS z, as ``xas-train``) or
         ``"coverage"`` (1- and 2-sigma coverages as close as possible to 0.683 and 0.954).
+    derivative_loss
+        Weight ``lam`` of the slope term added to the beta-NLL,
+        ``lam * mean((d mu_pred/dE - d mu/dE)**2)`` in standardised units
+        (:func:`models.training.member_loss`, :func:`models.gnn.derivative_mse`); 0 (default) trains
+        on the beta-NLL alone. Recorded in the checkpoint and the card; a checkpoint written with
+        another value is refused.
 
     Returns
     -------
@@ -139,11 +146,16 @@ def finetune(
     lr_patience = tr.TrainSettings.lr_patience if lr_patience is None else int(lr_patience)
     run_key = {"model_name": model, "from_weights_sha256": file_sha256(weights), "lr": float(lr),
                "epochs": [int(e) for e in epochs], "minutes": [float(x) for x in minutes],
-               "patience": patience, "lr_patience": lr_patience}
+               "patience": patience, "lr_patience": lr_patience, "derivative_loss": float(derivative_loss)}
     saved = None
     if checkpoint is not None and Path(checkpoint).exists():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
         theirs = {k: saved.get(k) for k in run_key}
+        theirs["derivative_loss"] = float(saved.get("derivative_loss", 0.0))  # written before the option: 0
+        if theirs["derivative_loss"] != run_key["derivative_loss"]:
+            raise ValueError(f"checkpoint {checkpoint} was written with --derivative-loss {theirs['derivative_loss']:g}, "
+                             f"not {run_key['derivative_loss']:g}; resume it with --derivative-loss "
+                             f"{theirs['derivative_loss']:g}, or give another --checkpoint")
         if theirs != run_key:
             raise ValueError(f"checkpoint {checkpoint} belongs to another run ({theirs}), not to this one "
                              f"({run_key}); remove it or give another --checkpoint")
@@ -183,7 +195,7 @@ def finetune(
             continue
         settings = tr.TrainSettings(epochs=last + 1 + (epochs[m] or 10_000), lr=lr,
                                     max_minutes_per_member=float(minutes[m]), patience=patience,
-                                    lr_patience=lr_patience)
+                                    lr_patience=lr_patience, derivative_loss=float(derivative_loss))
         seed = int(card0["training"]["members"][m]["seed"]) + 7
         extra = {**run_key, "done": states, "summaries": summaries, "member": m, "val_mse_before": val0}
         state, summary = tr.train_member(net_config, graphs["train"], graphs["val"], settings, seed, device,
@@ -219,7 +231,11 @@ def finetune(
     card = _card(card0, path, grid, val, test, calibration, summaries, paths, report, site, lr, epochs, minutes,
                  weights, t_data, time.perf_counter() - t_start)
     card["fine_tune"].update({"patience": patience, "lr_patience": lr_patience,
-                              "resumed_from_checkpoint": saved is not None})
+                              "resumed_from_checkpoint": saved is not None,
+                              "derivative_loss": float(derivative_loss),
+                              "loss": "beta-Gaussian NLL (beta=%.2f)" % tr.TrainSettings.beta_nll
+                              + (" + %g * mean((d mu_pred - d mu)^2), first differences on the grid, standardised "
+                                 "units (models.training.member_loss)" % derivative_loss if derivative_loss else "")})
     if calibrate != "rms":
         card["uncertainty"]["method"] = (
             card["uncertainty"]["method"].split("; std multiplied by")[0]
@@ -294,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refit the std factor on validation for unit RMS z (rms) or for 1/2-sigma coverage (coverage)")
     p.add_argument("--finish", action="store_true",
                    help="stop the run in --checkpoint where it is (best state so far) and write weights and card")
+    p.add_argument("--derivative-loss", type=float, default=0.0, metavar="LAM",
+                   help="add LAM * mean((dmu_pred/dE - dmu/dE)^2) (standardised units, per grid step) to the "
+                        "beta-NLL (default 0: the NLL alone); a checkpoint is resumed only with its own LAM")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true")
     return p
@@ -307,13 +326,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         minutes = [float(x) for x in args.minutes.split(",") if x.strip()]
     except ValueError:
         build_parser().error(f"--epochs/--minutes must be comma-separated numbers, got {args.epochs!r}/{args.minutes!r}")
+    if args.derivative_loss < 0:
+        build_parser().error(f"--derivative-loss must be >= 0, got {args.derivative_loss}")
     if not any(epochs) and not any(minutes):
         build_parser().error("give --epochs and/or --minutes for at least one member")
     torch.set_num_threads(max(1, args.threads))
     try:
         card = finetune(args.model, args.out, epochs, minutes, args.lr, args.weights, args.data, not args.quiet,
                         patience=args.patience, lr_patience=args.lr_patience, checkpoint=args.checkpoint,
-                        calibrate=args.calibrate, finish=args.finish)
+                        calibrate=args.calibrate, finish=args.finish, derivative_loss=args.derivative_loss)
     except (ValueError, OSError) as exc:
         print(f"models.finetune: error: {exc}", file=sys.stderr)
         return 2

@@ -206,6 +206,18 @@ def gaussian_nll(mean: Tensor, std: Tensor, target: Tensor, beta: float = 0.5) -
     return nll.mean()
 
 
+def derivative_mse(mean: Tensor, target: Tensor) -> Tensor:
+    r"""Mean squared error of the spectra's slopes: ``mean((d mean/dE - d target/dE)**2)``.
+
+    The slopes are first differences along the last (energy) axis, per grid step (on a uniform
+    grid, ``dE`` times the derivative), in the units of ``mean`` and ``target`` (standardised mu
+    in training). Added to the loss it penalises a prediction that is smoother than the target
+    across the edge and the peaks (``--derivative-loss`` of ``python -m models.finetune``,
+    ``benchmarks/cuk_gradient_loss_pilot.py``).
+    """
+    return (mean.diff(dim=-1) - target.diff(dim=-1)).pow(2).mean()
+
+
 class XASEnsemble(Module):
     r"""Deep ensemble of :class:`XASNet` members plus the target standardisation.
 

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from models.gnn import XASEnsemble, XASNet, aggregate_sites, build_net, combine_members, gaussian_nll, resolve_device
+from models.gnn import XASEnsemble, XASNet, aggregate_sites, build_net, combine_members, derivative_mse, gaussian_nll, resolve_device
 from models.jsonable import to_jsonable as _jsonable
 from models.provenance import file_sha256, git_state
 
@@ -133,6 +133,7 @@ class TrainSettings:
     min_lr: float = 1e-5
     grad_clip: float = 5.0
     max_minutes_per_member: float = 0.0  # 0: no time limit
+    derivative_loss: float = 0.0  # weight of the slope term (member_loss); 0: the beta-NLL alone
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,6 +393,19 @@ def _val_mse(member, graphs, device, offset, scale) -> float:
     return float(((pred - y) ** 2).mean())
 
 
+def member_loss(mean: torch.Tensor, std: torch.Tensor, target: torch.Tensor, beta: float = 0.5,
+                derivative: float = 0.0) -> torch.Tensor:
+    """Training loss of one member: the beta-NLL, plus ``derivative`` times the slope error.
+
+    ``gaussian_nll(mean, std, target, beta) + derivative * derivative_mse(mean, target)``; with
+    ``derivative == 0`` the beta-NLL alone (the slope term is not computed).
+    """
+    loss = gaussian_nll(mean, std, target, beta=beta)
+    if derivative:
+        loss = loss + float(derivative) * derivative_mse(mean, target)
+    return loss
+
+
 def train_member(
     net_config: dict[str, Any],
     train_graphs: list,
@@ -464,7 +478,7 @@ def train_member(
             mean, std = model(
                 batch.x, batch.edge_index, batch.edge_attr, batch.batch, batch.absorber_index.view(-1)
             )
-            loss = gaussian_nll(mean, std, batch.y, beta=settings.beta_nll)
+            loss = member_loss(mean, std, batch.y, settings.beta_nll, settings.derivative_loss)
             loss.backward()
             if settings.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)

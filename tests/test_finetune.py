@@ -94,6 +94,10 @@ def test_finetune_checkpoint_resumes_and_finishes(small_run, monkeypatch):
     assert saved["member"] == 0 and len(saved["current"]["history"]) == 1 and saved["done"] == []
     with pytest.raises(ValueError, match="belongs to another run"):
         finetune.finetune("o-k", root / "ck", epochs=[3, 2], lr=2e-3, weights=weights, data=[data], checkpoint=ckpt)
+    assert saved["derivative_loss"] == 0.0  # the loss setting is part of the checkpoint
+    with pytest.raises(ValueError, match=r"written with --derivative-loss 0, not 0\.5"):
+        finetune.finetune("o-k", root / "ck", epochs=[3, 2], lr=1e-3, weights=weights, data=[data], checkpoint=ckpt,
+                          derivative_loss=0.5)
     with pytest.raises(ValueError, match="needs the checkpoint"):
         finetune.finetune("o-k", root / "ck", epochs=[3, 2], weights=weights, data=[data],
                           checkpoint=root / "missing.pt", finish=True)
@@ -103,10 +107,15 @@ def test_finetune_checkpoint_resumes_and_finishes(small_run, monkeypatch):
                              checkpoint=ckpt, finish=True)
     assert [m["stopped"] for m in card["fine_tune"]["members"]] == ["interrupted", "not_started"]
     assert card["fine_tune"]["resumed_from_checkpoint"] is True
+    assert card["fine_tune"]["derivative_loss"] == 0.0
     old = torch.load(weights, weights_only=True)["state_dict"]
     fin = torch.load(root / "fin" / "o-k.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(old[k], fin[k]) for k in old if k.startswith("members.1."))
 
+    # a checkpoint written before --derivative-loss existed (no such key) is a run without the term
+    legacy = torch.load(ckpt, weights_only=True)
+    del legacy["derivative_loss"]
+    torch.save(legacy, ckpt)
     # resuming continues member 0 at its next epoch, then trains member 1
     card = finetune.finetune("o-k", root / "res", epochs=[3, 2], lr=1e-3, weights=weights, data=[data], checkpoint=ckpt)
     first, second = card["fine_tune"]["members"]
@@ -133,3 +142,37 @@ def test_coverage_calibration_fixes_heavy_tails():
     assert training.fit_calibration(gauss, mean, std, "coverage") == pytest.approx(1.0, abs=0.03)
     with pytest.raises(ValueError, match="calibration method 'median'"):
         training.fit_calibration(err, mean, std, "median")
+
+
+def test_member_loss_derivative_term():
+    from models.gnn import derivative_mse, gaussian_nll
+
+    gen = torch.Generator().manual_seed(0)
+    mean, y = torch.randn(3, 8, generator=gen), torch.randn(3, 8, generator=gen)
+    std = 0.1 + torch.rand(3, 8, generator=gen)
+    # lam = 0 is the loss as it was: the beta-NLL alone, bit for bit
+    assert torch.equal(training.member_loss(mean, std, y, 0.5, 0.0), gaussian_nll(mean, std, y, beta=0.5))
+    # lam > 0 adds lam times the mean squared error of the first differences along energy
+    ramp, flat = torch.arange(8.0).repeat(2, 1), torch.zeros(2, 8)  # slopes 1 and 0: the term is 1
+    assert float(derivative_mse(flat, ramp)) == pytest.approx(1.0)
+    assert float(derivative_mse(flat + 3.0, flat)) == 0.0  # an offset has no slope error
+    ones = torch.ones(2, 8)
+    nll = float(gaussian_nll(flat, ones, ramp, beta=0.5))
+    assert float(training.member_loss(flat, ones, ramp, 0.5, 2.5)) == pytest.approx(nll + 2.5)
+    manual = ((mean[:, 1:] - mean[:, :-1]) - (y[:, 1:] - y[:, :-1])).pow(2).mean()
+    assert float(training.member_loss(mean, std, y, 0.5, 0.7)) == pytest.approx(
+        float(gaussian_nll(mean, std, y, beta=0.5) + 0.7 * manual))
+
+
+def test_finetune_derivative_loss_trains_and_is_recorded(small_run):
+    data, weights, root = small_run
+    plain = finetune.finetune("o-k", root / "d0", epochs=[1], lr=1e-3, weights=weights, data=[data])
+    slope = finetune.finetune("o-k", root / "d1", epochs=[1], lr=1e-3, weights=weights, data=[data],
+                              derivative_loss=5.0)
+    assert plain["fine_tune"]["derivative_loss"] == 0.0 and "d mu_pred" not in plain["fine_tune"]["loss"]
+    assert slope["fine_tune"]["derivative_loss"] == 5.0 and "5 * mean((d mu_pred - d mu)^2)" in slope["fine_tune"]["loss"]
+    a = torch.load(root / "d0" / "o-k.pt", weights_only=True)["state_dict"]
+    b = torch.load(root / "d1" / "o-k.pt", weights_only=True)["state_dict"]
+    assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith("members.0."))  # same seed, other loss
+    with pytest.raises(SystemExit):
+        finetune.main(["--model", "o-k", "--out", str(root / "x"), "--epochs", "1", "--derivative-loss", "-1"])
