@@ -613,8 +613,7 @@ def calibrate(model: str, n_tasks: int, n_candidates: int, seed: int, stream=sys
         if not stored:
             raise SystemExit(f"xas-bench calibrate: {model} has no stored settings to fit a read-out on; "
                              f"run it without --readout-only")
-        settings = {k: v for k, v in stored.items() if k not in READOUT_SETTINGS
-                    and k not in ("calibration", "git", "weights_sha256")}
+        settings = {k: v for k, v in stored.items() if k not in READOUT_SETTINGS}
         readout = calibrate_readout(model, settings, tasks, ref_tasks, seed, stream, live_samples, n_candidates)
         best = {"settings": {**settings, **{k: readout[k] for k in READOUT_SETTINGS}},
                 "grid": "not searched (--readout-only): the stored settings"}
@@ -659,9 +658,10 @@ def calibrate_readout(model: str, settings: dict, tasks: list[Task], ref_tasks: 
 
     t0 = time.perf_counter()
     config = replace(RankingConfig(**settings), confidence=None)
-    stored = RankingConfig.for_model(model)  # steers the live scans as the product would
-    live, live_setup = (live_readout_cases(model, live_samples, n_candidates, seed, replace(
-        config, **{k: getattr(stored, k) for k in READOUT_SETTINGS}), stream) if live_samples else ([], {}))
+    stored = RankingConfig.for_model(model)
+    previous = replace(config, **{k: getattr(stored, k) for k in READOUT_SETTINGS})  # steers the live scans
+    live, live_setup = (live_readout_cases(model, live_samples, n_candidates, seed, previous, stream)
+                        if live_samples else ([], {}))
     every = tasks + partial_tasks(tasks, seed + 1) + ref_tasks
     engines: list = []
     readout = fit_readout(readout_cases(every, config, engines) + live)
@@ -670,7 +670,6 @@ def calibrate_readout(model: str, settings: dict, tasks: list[Task], ref_tasks: 
                            if k not in READOUT_SETTINGS}
     readout["live"] = live_setup
     readout["validation"] = {}
-    previous = replace(config, **{k: getattr(stored, k) for k in READOUT_SETTINGS})
     for label, cfg in (("raw", config), ("previous", previous), ("calibrated", calibrated)):
         rows = []
         for task, (eng, res) in zip(every, engines):

@@ -365,7 +365,7 @@ class RankingRun(DocumentRouter):
         #: Gaussian FWHM (eV) the readings are broadened by to rank them: > 0 for a measurement
         #: sharper than the candidates (HERFD), refitted with each normalisation
         self.measurement_broadening = 0.0
-        self._typical_rise: float | None = None  # the candidates' 20-80 % edge rise (eV), a low percentile
+        self._candidates_rise: float | None = None  # the candidates' 20-80 % edge rise (eV), a low percentile
         self._E: list[float] = []
         self._mu: list[float] = []
         self._var: list[float] = []
@@ -525,11 +525,11 @@ class RankingRun(DocumentRouter):
     def _sharper_by(self, energy, y) -> float:
         """The FWHM (eV) the readings are broadened by because their edge rises more steeply than
         the candidates' (HERFD; :func:`~xas_callbacks.ranking.sharper_measurement_broadening`)."""
-        if self._typical_rise is None:
-            self._typical_rise = candidates_rise_width(self.library.energies, self.library.mean)
+        if self._candidates_rise is None:
+            self._candidates_rise = candidates_rise_width(self.library.energies, self.library.mean)
         order = np.argsort(energy, kind="stable")
         return sharper_measurement_broadening(energy[order], np.asarray(y)[order], self.library.energies,
-                                              self.library.mean, self._typical_rise)
+                                              self.library.mean, self._candidates_rise)
 
     def _broadened(self, energy, y, var):
         """``(y, var)`` convolved in energy with :attr:`measurement_broadening` (unchanged at 0),
