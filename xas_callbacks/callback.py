@@ -498,8 +498,9 @@ class RankingRun(DocumentRouter):
             if prior is not None and not np.allclose(prior, eng.offset_prior, atol=0.25):
                 eng.set_offset_prior(*prior)
             # only once pre- and post-edge are measured: a provisional step sharpens any rise
-            self.measurement_broadening = self._sharper_by(E, y) if new.method != "provisional" else 0.0
-            eng.rebuild(E, *self._broadened(E, y, v))
+            order = np.argsort(E, kind="stable")
+            self.measurement_broadening = self._sharper_by(E, y, order) if new.method != "provisional" else 0.0
+            eng.rebuild(E, *self._broadened(E, y, v, order))
             if n > 1:
                 self.count("renormalizations")
         elif self.measurement_broadening > 0:  # a new reading changes its neighbours' convolution
@@ -522,22 +523,23 @@ class RankingRun(DocumentRouter):
         })
         self._emit_ranking(res, ev)
 
-    def _sharper_by(self, energy, y) -> float:
+    def _sharper_by(self, energy, y, order) -> float:
         """The FWHM (eV) the readings are broadened by because their edge rises more steeply than
-        the candidates' (HERFD; :func:`~xas_callbacks.ranking.sharper_measurement_broadening`)."""
+        the candidates' (HERFD; :func:`~xas_callbacks.ranking.sharper_measurement_broadening`);
+        ``order`` sorts ``energy``."""
         if self._candidates_rise is None:
             self._candidates_rise = candidates_rise_width(self.library.energies, self.library.mean)
-        order = np.argsort(energy, kind="stable")
         return sharper_measurement_broadening(energy[order], np.asarray(y)[order], self.library.energies,
                                               self.library.mean, self._candidates_rise)
 
-    def _broadened(self, energy, y, var):
+    def _broadened(self, energy, y, var, order=None):
         """``(y, var)`` convolved in energy with :attr:`measurement_broadening` (unchanged at 0),
-        in the readings' own order."""
+        in the readings' own order (``order``, if given, sorts ``energy``)."""
         y, var = np.asarray(y, dtype=float), np.asarray(var, dtype=float)
         if self.measurement_broadening <= 0:
             return y, var
-        order = np.argsort(energy, kind="stable")
+        if order is None:
+            order = np.argsort(energy, kind="stable")
         yb, vb = broaden_readings(energy[order], y[order], var[order], self.measurement_broadening)
         out_y, out_v = np.empty_like(y), np.empty_like(var)
         out_y[order], out_v[order] = yb, vb
