@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", action="store_true", help="also predict the shipped example structures")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--compile", action="store_true",
+                   help="run the network through torch.compile (a minute to compile; for thousands of structures)")
     p.add_argument("--skip-errors", action="store_true", help="report bad structures instead of stopping")
     return p
 
@@ -119,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        predictor = load_predictor(args.model, device=args.device)
+        predictor = load_predictor(args.model, device=args.device, compile=args.compile)
     except (FileNotFoundError, ValueError) as exc:
         print(f"xas-predict: {exc}", file=sys.stderr)
         return 2

@@ -128,7 +128,7 @@ def _check_supported(predictor: Any, candidate: Any, label: str) -> None:
 
 
 def predict_chunk(model: Any, items: list[tuple[str, Any]], batch_size: int = 256,
-                  device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
+                  device: str = "cpu", threads: int | None = None, compile: bool = False) -> dict[str, Any]:
     """Predict one chunk of candidates (runs in this process or on a Dask/process worker).
 
     Parameters
@@ -143,6 +143,8 @@ def predict_chunk(model: Any, items: list[tuple[str, Any]], batch_size: int = 25
         Device of a predictor loaded here.
     threads : int, optional
         Set torch's CPU threads first (a worker per core: 1).
+    compile : bool
+        Compile a predictor loaded here (:meth:`models.predictor.Predictor.compile`).
 
     Returns
     -------
@@ -158,7 +160,7 @@ def predict_chunk(model: Any, items: list[tuple[str, Any]], batch_size: int = 25
         import torch
 
         torch.set_num_threads(threads)
-    predictor = load_predictor(model, device=device) if isinstance(model, (str, Path)) else model
+    predictor = load_predictor(model, device=device, compile=compile) if isinstance(model, (str, Path)) else model
     prepared, rows, failures = [], [], {}
     for row, (name, candidate) in enumerate(items):
         try:
@@ -198,6 +200,7 @@ def predict_library(
     worker_threads: int | None = 1,
     on_error: str = "skip",
     progress: bool = False,
+    compile: bool = False,
 ) -> LibraryResult:
     """Predict every candidate of ``source`` not yet in ``store``, ``chunk`` at a time.
 
@@ -224,6 +227,10 @@ def predict_library(
         ``"skip"`` lists failed candidates in ``failures``; ``"raise"`` raises on the first.
     progress : bool
         Show a tqdm bar over candidates.
+    compile : bool
+        Run the network through ``torch.compile`` here and on every worker
+        (:meth:`models.predictor.Predictor.compile`: a minute to compile, then 1.2-1.9x faster
+        on a CPU; for libraries of thousands of candidates).
 
     Returns
     -------
@@ -237,6 +244,8 @@ def predict_library(
         raise ValueError(f"chunk and batch_size must be >= 1, got chunk={chunk}, batch_size={batch_size}")
     start = time.perf_counter()
     predictor = load_predictor(model, device="cpu") if isinstance(model, (str, Path)) else model
+    if compile and scheduler is None and n_workers is None:
+        predictor.compile()
     if not isinstance(store, CandidateStore):
         store = CandidateStore.for_predictor(Path(store).expanduser(), predictor)
     elif store.weights_sha256 != predictor.weights_sha256:
@@ -318,7 +327,8 @@ def predict_library(
                 else:
                     while len(in_flight) >= window:
                         drain(block=True)
-                    fut = executor.submit(predict_chunk, remote_model, new_items, batch_size, "cpu", worker_threads)
+                    fut = executor.submit(predict_chunk, remote_model, new_items, batch_size, "cpu", worker_threads,
+                                          compile)
                     in_flight[fut] = (new_items, new_keys, new_prov, time.perf_counter())
                     drain(block=False)
             if bar is not None:

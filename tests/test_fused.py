@@ -210,3 +210,28 @@ def test_fused_painn_keeps_the_card_metrics_on_validation_molecules(ok, qm9_o_k_
     fast, slow = _fused_and_per_member(ok, molecules)
     m = spectrum_metrics(ok.energies, slow.mean, fast.mean)
     assert m["mse"] < 1e-10 and m["median_pearson"] > 1 - 1e-9
+
+
+def test_compiled_pass_equals_eager_pass(ok):
+    """``Predictor.compile`` (torch.compile of the fused pass) changes the speed, not the spectra;
+    compiling twice is a no-op."""
+    from models.predictor import Predictor
+
+    fresh = Predictor(ok.path, torch.device("cpu"))  # not the cached predictor the other tests use
+    prepared = [prepare(fresh.builder, load_structure(s)) for s in SMILES]
+    eager = fresh.predict_prepared(prepared)
+    assert fresh.compile() is fresh and fresh.compiled
+    forward = fresh._forward_block
+    assert fresh.compile()._forward_block is forward
+    compiled = fresh.predict_prepared(prepared)
+    for a, b in zip(eager, compiled):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_needs_a_fused_pass(ok):
+    from models.predictor import Predictor
+
+    fresh = Predictor(ok.path, torch.device("cpu"))
+    fresh.fused = None
+    with pytest.raises(ValueError, match="no fused pass to compile"):
+        fresh.compile()
