@@ -185,7 +185,7 @@ def bench_throughput(n_molecules: int, n_crystals: int, n_baseline: int, batch_s
 
 
 # ------------------------------------------------------------------------------ 2. screen
-def run_screen(n: int, chunk: int, store_root: str) -> dict:
+def run_screen(n: int, chunk: int, store_root: str, compile: bool = False) -> dict:
     """The screen itself (called in a child process): predict, reuse, rank."""
     from models.predictor import load_predictor
     from models.screening import peak_rss_mb, predict_library
@@ -195,9 +195,10 @@ def run_screen(n: int, chunk: int, store_root: str) -> dict:
     pred = load_predictor("o-k", device="cpu")
     rss_loaded = peak_rss_mb()
     t = _clock()
-    res = predict_library(qm9_stream("O", limit=n), pred, store=store_root, chunk=chunk, batch_size=64)
+    res = predict_library(qm9_stream("O", limit=n), pred, store=store_root, chunk=chunk, batch_size=64,
+                          compile=compile)
     w, c = _since(t)
-    out = {"candidates": len(res.names), "predicted": res.predicted, "failures": len(res.failures),
+    out = {"compiled": compile, "candidates": len(res.names), "predicted": res.predicted, "failures": len(res.failures),
            "failure_examples": dict(list(res.failures.items())[:3]), "site_graphs": res.sites,
            "predict_wall_s": w, "predict_cpu_s": c, "spectra_per_s_wall": res.predicted / w,
            "spectra_per_s_cpu": res.predicted / c, "chunk": chunk, "chunks_written": len(res.store.chunks),
@@ -252,11 +253,11 @@ def run_screen(n: int, chunk: int, store_root: str) -> dict:
     return out
 
 
-def bench_screen(n: int, chunk: int) -> dict:
+def bench_screen(n: int, chunk: int, compile: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="screen_store_") as tmp:
         out_json = Path(tmp) / "screen.json"
         cmd = [sys.executable, __file__, "--part", "screen", "--screen", str(n), "--chunk", str(chunk),
-               "--store", str(Path(tmp) / "store"), "--out", str(out_json)]
+               "--store", str(Path(tmp) / "store"), "--out", str(out_json)] + (["--compile"] if compile else [])
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
         subprocess.run(cmd, check=True, env=env)
         return json.loads(out_json.read_text())
@@ -371,11 +372,12 @@ def main(argv=None) -> int:
     p.add_argument("--dask", type=int, default=4000, help="candidates for the Dask scaling (0: skip)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--compile", action="store_true", help="the screen through torch.compile (Predictor.compile)")
     p.add_argument("--models", nargs="+", default=["o-k", "n-k", "cu-k"], help="models of the throughput part")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.part == "screen":
-        Path(args.out).write_text(json.dumps(run_screen(args.screen, args.chunk, args.store), indent=1))
+        Path(args.out).write_text(json.dumps(run_screen(args.screen, args.chunk, args.store, args.compile), indent=1))
         return 0
     results = {
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
@@ -400,7 +402,7 @@ def main(argv=None) -> int:
         results["dask"] = bench_dask(args.dask, chunk=max(1, args.dask // 8))
         save()
     if args.screen:
-        results["screen"] = bench_screen(args.screen, args.chunk)
+        results["screen"] = bench_screen(args.screen, args.chunk, args.compile)
         save()
     feff = results["feff10"]
     summary = {}
