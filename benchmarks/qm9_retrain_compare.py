@@ -1,8 +1,9 @@
 """o-k / n-k: two weights files on the SAME validation and test molecules (a script, not a test).
 
-Usage (what wrote ``benchmarks/results/qm9_retrain_<model>.json``; one thread)::
+Usage (what wrote ``benchmarks/results/qm9_retrain_<model>[_<tag>].json``; one thread)::
 
     python benchmarks/qm9_retrain_compare.py o-k models/weights/o-k.pt /work/runs/o-k-s3/o-k.pt
+    python benchmarks/qm9_retrain_compare.py n-k runs/n-k-old/n-k.pt runs/n-k-ft/n-k.pt --tag converged
 
 The data are what ``xas-train`` reads today (the shared QM9 set plus the project's extension under
 ``data/``), split by :func:`models.readers.split_ids` (seed 0; a hash of the molecule id, so the
@@ -13,18 +14,21 @@ grid with the card's metrics (:func:`models.spectra.spectrum_metrics`, molecule 
 :func:`models.training.coverage`). Scores are reported on all validation/test molecules and on those
 of the shared set alone (the molecules the older cards were scored on).
 """
-import json, sys, time
+import argparse, json, time
 from pathlib import Path
 import numpy as np, torch
 torch.set_num_threads(1)
 from models import training as tr
-from models.gnn import XASEnsemble
-from models.graphs import GraphBuilder
+from models.predictor import load_predictor
 from models.readers import split_ids
 from models.spectra import spectrum_metrics
 
-model = sys.argv[1]
-files = [Path(p) for p in sys.argv[2:]]
+ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+ap.add_argument("model")
+ap.add_argument("weights", nargs="+", type=Path, help="weights files; the last one's grid is the common grid")
+ap.add_argument("--tag", default="", help="results file qm9_retrain_<model>_<tag>.json (default: no tag)")
+args = ap.parse_args()
+model, files = args.model, args.weights
 t0 = time.time()
 paths = tr.default_data_paths(model)
 records, _ = tr.read_records(model, paths)
@@ -36,20 +40,14 @@ dev = torch.device("cpu")
 
 
 def predict(weights: Path):
-    payload = torch.load(weights, map_location="cpu", weights_only=True)
-    cfg = payload["config"]
-    grid = np.asarray(cfg["energies"], dtype=float)
-    builder = GraphBuilder.from_config(cfg["graph_builder"])
-    ens = XASEnsemble(cfg["net"], members=int(cfg["members"]))
-    ens.load_state_dict(payload["state_dict"])
-    offset = torch.tensor(cfg["normalisation"]["offset"], dtype=torch.float32)
-    scale = float(cfg["normalisation"]["scale"])
+    pred = load_predictor(weights, "cpu")  # the ensemble with its offset, scale and calibration
+    ens = pred.ensemble
     out = {}
     for k, recs in parts.items():
-        site = tr.make_site_data(recs, builder, grid)
-        out[k] = tr.evaluate(list(ens.members), site, offset, scale, dev, float(cfg.get("calibration", 1.0)))
+        site = tr.make_site_data(recs, pred.builder, pred.energies)
+        out[k] = tr.evaluate(list(ens.members), site, ens.offset, float(ens.scale), dev, float(ens.calibration))
         out[k]["ids"] = site.ids
-    return grid, out
+    return pred.energies, out
 
 
 preds = {str(f): predict(f) for f in files}
@@ -73,7 +71,7 @@ for f, (g, res) in preds.items():
                                      "uncertainty": tr.coverage(true[sel], mean[sel], std[sel])}
     report["files"][f] = entry
 report["seconds"] = round(time.time() - t0, 1)
-out = Path(__file__).resolve().parent / "results" / f"qm9_retrain_{model}.json"
+out = Path(__file__).resolve().parent / "results" / f"qm9_retrain_{model}{'_' + args.tag if args.tag else ''}.json"
 out.write_text(json.dumps(tr._jsonable(report), indent=1) + "\n")
 for f, e in report["files"].items():
     print(f, e["weights_sha256"][:8])
