@@ -1,12 +1,13 @@
 """Continue training a shipped ensemble from its weights (``python -m models.finetune``).
 
-``xas-train`` members that stopped on a wall-time limit while still improving can be trained
-further without starting again: each member resumes from its shipped weights on the same data,
-split, energy grid, graph builder, loss and target normalisation, with a fresh AdamW at ``--lr``
-and early stopping on validation MSE; a member's weights are replaced only by an epoch that beats
-its shipped validation MSE. The uncertainty calibration is then refitted on validation and the
-test split is evaluated once; the model card keeps the original training record and adds a
-``fine_tune`` section.
+``xas-train`` members that stopped on a time limit while still improving can be trained further
+without starting again, any family of :func:`models.gnn.build_net` (read from the weights'
+``config["net"]``: the MPNN ``cu-k``, the PaiNN ``o-k`` and ``n-k``): each member resumes from its
+shipped weights on the same data, split, energy grid, graph builder, loss and target
+normalisation, with a fresh AdamW at ``--lr`` and early stopping on validation MSE; a member's
+weights are replaced only by an epoch that beats its shipped validation MSE. The uncertainty
+calibration is then refitted on validation and the test split is evaluated once; the model card
+keeps the original training record and adds a ``fine_tune`` section.
 
 ``--checkpoint`` writes the run's state every epoch and resumes it; ``--finish`` writes weights and
 card from a checkpoint as it stands. Examples (the first made the earlier ``cu-k``; the second, with
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 from models import training as tr
-from models.gnn import XASEnsemble, XASNet
+from models.gnn import XASEnsemble, build_net
 from models.provenance import file_sha256, git_state
 
 
@@ -166,7 +167,7 @@ def finetune(
     for m, state0 in enumerate(_member_states(shipped)):
         if m < len(states):
             continue  # finished in an earlier invocation (checkpoint)
-        net = XASNet(**net_config)
+        net = build_net(net_config)
         net.load_state_dict(state0)
         val0 = tr._val_mse(net, graphs["val"], device, offset, scale)
         if not epochs[m] and not minutes[m]:
@@ -214,7 +215,7 @@ def finetune(
 
     members = []
     for state in states:
-        net = XASNet(**net_config)
+        net = build_net(net_config)
         net.load_state_dict(state)
         members.append(net)
     val = tr.evaluate(members, site["val"], offset, scale, device)

@@ -421,14 +421,15 @@ def train_member(
     desc: str = "member",
     progress: bool = True,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Train one :class:`XASNet` with early stopping on validation MSE (normalised-mu units).
+    """Train one member network (:func:`models.gnn.build_net`: ``net_config["family"]``, default the
+    MPNN :class:`XASNet`) with early stopping on validation MSE (normalised-mu units).
 
     Returns the best state dict (on CPU) and a summary (epochs, best val MSE, history, time).
     """
     from tqdm.auto import tqdm
 
     seed_everything(seed)
-    model = XASNet(**net_config).to(device)
+    model = build_net(net_config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, factor=settings.lr_factor, patience=settings.lr_patience, min_lr=settings.min_lr
@@ -476,7 +477,8 @@ def train_member(
             batch = batch.to(device)
             opt.zero_grad(set_to_none=True)
             mean, std = model(
-                batch.x, batch.edge_index, batch.edge_attr, batch.batch, batch.absorber_index.view(-1)
+                batch.x, batch.edge_index, batch.edge_attr, batch.batch, batch.absorber_index.view(-1),
+                getattr(batch, "pos", None),
             )
             loss = member_loss(mean, std, batch.y, settings.beta_nll, settings.derivative_loss)
             loss.backward()

@@ -176,3 +176,28 @@ def test_finetune_derivative_loss_trains_and_is_recorded(small_run):
     assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith("members.0."))  # same seed, other loss
     with pytest.raises(SystemExit):
         finetune.main(["--model", "o-k", "--out", str(root / "x"), "--epochs", "1", "--derivative-loss", "-1"])
+
+
+def test_finetune_painn_early_stops_and_writes_weights_the_predictor_loads(qm9_o_k_jsonl, tmp_path):
+    """The PaiNN family (o-k, n-k): members rebuilt from the weights' config, stopped on validation."""
+    from models.predictor import load_predictor
+
+    data = tmp_path / "o16.jsonl"
+    data.write_text("".join(qm9_o_k_jsonl.open().readlines()[:16]))
+    args = ["--model", "o-k", "--data", str(data), "--epochs", "1", "--ensemble", "2", "--family", "painn",
+            "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet", "--threads", "1"]
+    assert training.main(args) == 0
+    weights = tmp_path / "run" / "o-k.pt"
+    card = finetune.finetune("o-k", tmp_path / "ft", epochs=[40, 0], lr=5e-2, weights=weights, data=[data],
+                             patience=1, lr_patience=1, checkpoint=tmp_path / "ft.ckpt.pt", calibrate="coverage")
+    first = card["fine_tune"]["members"][0]
+    assert first["stopped"] == "early_stopping" and 1 <= first["epochs"] < 40  # on validation, not the cap
+    assert card["hyper_parameters"]["net"]["family"] == "painn"
+    old = torch.load(weights, weights_only=True)["state_dict"]
+    new = torch.load(tmp_path / "ft" / "o-k.pt", weights_only=True)["state_dict"]
+    assert set(old) == set(new)
+    changed = not all(torch.equal(old[k], new[k]) for k in old if k.startswith("members.0."))
+    assert changed == (first["best_val_mse"] < first["val_mse_before"])  # replaced only by a better epoch
+    assert all(torch.equal(old[k], new[k]) for k in old if k.startswith("members.1."))
+    pred = load_predictor(tmp_path / "ft" / "o-k.pt", device="cpu")
+    assert pred.predict(["OCC=O"]).mean.shape == (1, len(pred.energies))
